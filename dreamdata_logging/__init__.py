@@ -1,0 +1,28 @@
+"""Send Dreamdata analytics events (track, identify, group, page, screen, alias) from Python's ``logging``.
+
+import logging
+from dreamdata_logging import DreamdataHandler, track
+
+logging.getLogger().addHandler(DreamdataHandler("WRITE_KEY"))
+logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
+"""
+
+from ._version import __version__
+from .errors import DeliveryError, DreamdataError, InvalidEventError, PayloadTooLargeError
+from .events import alias, group, identify, page, screen, track
+from .handler import DreamdataHandler
+
+__all__ = [
+    "DeliveryError",
+    "DreamdataError",
+    "DreamdataHandler",
+    "InvalidEventError",
+    "PayloadTooLargeError",
+    "__version__",
+    "alias",
+    "group",
+    "identify",
+    "page",
+    "screen",
+    "track",
+]

@@ -1,0 +1,104 @@
+"""The command line: ``dreamdata-logging demo | collector | send`` (also ``python -m dreamdata_logging``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Optional
+
+from . import DreamdataHandler, alias, group, identify, page, screen, track
+from ._version import __version__
+from .collector import Collector, run_collector
+
+DEMO_WRITE_KEY = "demo-write-key"
+
+
+def _example_text(name: str) -> str:
+    return resources.files("dreamdata_logging").joinpath("examples").joinpath(name).read_text(encoding="utf-8")
+
+
+def reference_batch() -> dict[str, Any]:
+    """Dreamdata's example batch (``examples/example.json``), as bundled with the package."""
+    return json.loads(_example_text("example.json"))  # type: ignore[no-any-return]
+
+
+def emit_reference_events(log: logging.Logger) -> int:
+    """Emit the reference example's identify and track through ``log``, then one of each other type."""
+    identify_message, track_message = reference_batch()["batch"]
+    log.info(
+        "identify",
+        extra=identify(
+            user_id=identify_message["userId"],
+            traits=identify_message["traits"],
+            context=identify_message["context"],
+        ),
+    )
+    log.info(
+        track_message["event"],
+        extra=track(
+            user_id=track_message["userId"],
+            properties=track_message["properties"],
+            context=track_message["context"],
+        ),
+    )
+    user = identify_message["userId"]
+    log.info("page", extra=page("Pricing", category="Docs", user_id=user, properties={"path": "/pricing"}))
+    log.info("screen", extra=screen("Home", user_id=user))
+    log.info("group", extra=group("acme-inc", user_id=user, traits={"name": "Acme Inc", "employees": 120}))
+    log.info("alias", extra=alias("anon-7f3a", user_id=user))
+    log.info("an ordinary log line: no event data, so the handler skips it")
+    return 6
+
+
+def demo(out: Any = sys.stdout) -> int:
+    """Run the whole pipeline on this machine: collector, logging config, events, flush, report."""
+    with Collector(write_key=DEMO_WRITE_KEY) as collector:
+        os.environ["DREAMDATA_WRITE_KEY"] = DEMO_WRITE_KEY
+        os.environ["DREAMDATA_ENDPOINT"] = collector.url
+        logging.config.dictConfig(json.loads(_example_text("logging.json")))
+        log = logging.getLogger("analytics")
+        handler = next(h for h in log.handlers if isinstance(h, DreamdataHandler))
+        print(f"dreamdata-logging {__version__} demo: collector on {collector.url}", file=out)
+        print("logging configured from the bundled examples/logging.json", file=out)
+        sent = emit_reference_events(log)
+        delivered = handler.flush(timeout=30)
+        received = collector.received()
+        print(f"\nthe collector received {len(received)} message(s):", file=out)
+        for message in received:
+            print(json.dumps(message, indent=2, sort_keys=False), file=out)
+        stats = handler.stats()
+        handler.close()
+    print("\nhandler stats:", json.dumps(stats), file=out)
+    ok = delivered and len(received) == sent
+    print("all events arrived" if ok else f"only {len(received)} of {sent} events arrived", file=out)
+    return 0 if ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamdata-logging", description="Dreamdata analytics events from Python logging."
+    )
+    parser.add_argument("--version", action="version", version=f"dreamdata-logging {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="run the pipeline locally against the bundled collector (no network, no key)")
+    collector = commands.add_parser("collector", help="a local stand-in for the batch endpoint")
+    collector.add_argument("--host", default="127.0.0.1")
+    collector.add_argument("--port", type=int, default=8765)
+    collector.add_argument("--write-key", default=None, help="accept only this key (default: any non-empty key)")
+    collector.add_argument("--out", default=None, help="append accepted messages to this JSON-lines file")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return demo()
+    if args.command == "collector":
+        return run_collector(args.host, args.port, args.write_key, args.out)
+    raise AssertionError(args.command)  # argparse rejects unknown commands first

@@ -1,0 +1,140 @@
+"""Python values to compact UTF-8 JSON, converting what JSON lacks (CONTRACT section 2).
+
+The fast path hands the whole message to one C encoder call (orjson when installed,
+else the standard library's ``json``); only when that refuses (NaN, odd keys, lone
+surrogates, cycles) does the careful path walk the value in Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import decimal
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from pythonjsonlogger import defaults
+
+from .errors import InvalidEventError
+
+_orjson: Any = None
+if not os.environ.get("DREAMDATA_LOGGING_NO_ORJSON"):
+    try:  # the optional accelerator: pip install "dreamdata-logging[fast]"
+        import orjson as _orjson
+    except ImportError:  # pragma: no cover - depends on the environment
+        _orjson = None
+
+#: Name of the JSON encoder in use: "orjson" or "json".
+BACKEND = "orjson" if _orjson is not None else "json"
+
+
+def convert(value: Any) -> Any:
+    """Turn one value JSON lacks into one it has (the ``default`` hook of both encoders)."""
+    if defaults.use_datetime_any(value):
+        return defaults.datetime_any(value)
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    if defaults.use_enum_default(value):
+        return defaults.enum_default(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Shallow: the encoder calls us again for nested values.
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return defaults.unknown_default(value)
+
+
+_json_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=convert)
+
+
+def _dumps_json(value: Any) -> bytes:
+    return _json_encoder.encode(value).encode("utf-8")
+
+
+_fast_dumps: Callable[[Any], bytes] = _dumps_json
+_fast_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, UnicodeEncodeError)
+if _orjson is not None:
+    _orjson_dumps = _orjson.dumps
+    _orjson_option = _orjson.OPT_NON_STR_KEYS
+
+    def _dumps_orjson(value: Any) -> bytes:
+        return _orjson_dumps(value, default=convert, option=_orjson_option)  # type: ignore[no-any-return]
+
+    _fast_dumps = _dumps_orjson
+    _fast_errors = (_orjson.JSONEncodeError, *_fast_errors)
+
+
+def dumps(value: Any, *, fast: Optional[bool] = None) -> bytes:
+    """Serialise ``value`` to compact UTF-8 JSON with the contract's conversions.
+
+    Raises :class:`InvalidEventError` for circular or absurdly deep data.
+    ``fast=False`` forces the standard-library path (used by the tests to compare both).
+    """
+    encode = _fast_dumps if fast is not False else _dumps_json
+    try:
+        return encode(value)
+    except _fast_errors:
+        pass  # NaN, a non-string key, a lone surrogate or a cycle: take the careful path
+    except RecursionError:
+        pass
+    try:
+        clean = _sanitise(value, set())
+    except RecursionError:
+        raise InvalidEventError("data is nested too deeply to serialise") from None
+    return _dumps_json(clean)
+
+
+_NATIVE_SCALARS = (str, int, float, bool, type(None))
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return _clean_str(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(_sanitise(key, set()))  # true/false/null/numbers, as json does
+    converted = convert(key)
+    return _clean_str(converted if isinstance(converted, str) else str(converted))
+
+
+def _clean_str(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates: keep the text, replace what UTF-8 cannot hold
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _sanitise(value: Any, active: set[int]) -> Any:
+    """Rebuild ``value`` from JSON-native parts; ``active`` holds the containers on the path."""
+    if isinstance(value, str):
+        return _clean_str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, _NATIVE_SCALARS):
+        return value
+    if isinstance(value, (dict, list)) or dataclasses.is_dataclass(value):
+        marker = id(value)
+        if marker in active:
+            raise InvalidEventError("data contains a circular reference")
+        active.add(marker)
+        try:
+            if isinstance(value, dict):
+                return {_key(k): _sanitise(v, active) for k, v in value.items()}
+            if isinstance(value, list):
+                return [_sanitise(v, active) for v in value]
+            return _sanitise(convert(value), active)
+        finally:
+            active.discard(marker)
+    return _sanitise(convert(value), active)

@@ -1,0 +1,211 @@
+"""Log record to message bytes, and messages to request bodies: the wire format (CONTRACT section 1)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from . import encoding
+from ._version import __version__
+from .errors import InvalidEventError
+
+#: Most bytes one request body may have (before any gzip).
+MAX_BODY_BYTES = 500_000
+#: Most bytes one serialised message may have.
+MAX_MESSAGE_BYTES = 32_000
+
+#: The fields each message type must carry, besides ``userId`` or ``anonymousId``.
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "track": ("event",),
+    "identify": (),
+    "page": (),
+    "screen": (),
+    "group": ("groupId",),
+    "alias": ("previousId", "userId"),
+}
+MAPPING_FIELDS = ("properties", "traits", "context", "integrations")
+ID_FIELDS = ("userId", "anonymousId", "groupId", "previousId")
+LIBRARY = {"name": "dreamdata-logging", "version": __version__}
+
+# A ``{"messageId":"<uuid>","sentAt":"<timestamp>","batch":[`` ... ``]}`` envelope around the messages.
+_ENVELOPE_HEAD = b'{"messageId":"%s","sentAt":"%s","batch":['
+_ENVELOPE_TAIL = b"]}"
+ENVELOPE_BYTES = len(_ENVELOPE_HEAD % (b"0" * 36, b"0" * 24)) + len(_ENVELOPE_TAIL)
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID as text; cheaper than ``str(uuid.uuid4())``."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def format_timestamp(seconds: int, millis: int) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``; the per-second part is cached."""
+    global _second_prefix
+    cached_second, prefix = _second_prefix
+    if seconds != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_prefix = (seconds, prefix)
+    return f"{prefix}.{millis:03d}Z"
+
+
+def now_timestamp() -> str:
+    now = time.time()
+    return format_timestamp(int(now), int(now * 1000) % 1000)
+
+
+def _user_timestamp(value: Any) -> str:
+    """A user-given timestamp (datetime, ISO text or epoch seconds) in wire form."""
+    if isinstance(value, datetime.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    elif isinstance(value, str):
+        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidEventError(f"timestamp {value!r} is not ISO 8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        moment = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    elif isinstance(value, datetime.date):
+        moment = datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+    else:
+        raise InvalidEventError(
+            f"timestamp must be a datetime, ISO 8601 text or epoch seconds, not {type(value).__name__}"
+        )
+    utc = moment.astimezone(datetime.timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _id_text(field: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidEventError(f"{field} must be a string (or an int), not {type(value).__name__}")
+
+
+def describe(message: Mapping[str, Any]) -> str:
+    """A short name of an event for error messages, e.g. ``track 'Signed Up' (userId='42')``."""
+    kind = message.get("type", "track")
+    parts = [str(kind)]
+    if kind == "track" and isinstance(message.get("event"), str):
+        parts.append(repr(message["event"][:80]))
+    for field in ("userId", "anonymousId", "messageId"):
+        value = message.get(field)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            parts.append(f"({field}={str(value)[:80]!r})")
+            break
+    return " ".join(parts)
+
+
+def build_message(
+    event: Any,
+    record: logging.LogRecord,
+    defaults: Optional[Mapping[str, Any]] = None,
+    extra_fields: Optional[Mapping[str, Any]] = None,
+) -> bytes:
+    """Turn the ``dreamdata`` mapping of ``record`` into one serialised message.
+
+    ``defaults`` (from :func:`dreamdata_logging.bind`) fill fields the event leaves out;
+    ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones.
+    Raises :class:`InvalidEventError` naming the reason; never modifies ``event``.
+    """
+    if not isinstance(event, Mapping):
+        raise InvalidEventError(f"the 'dreamdata' attribute must be a mapping, not {type(event).__name__}")
+    message: dict[str, Any] = {"type": "track", "messageId": None, "timestamp": None}
+    if defaults:
+        message.update(defaults)
+    message.update(event)
+    kind = message["type"]
+    if kind not in REQUIRED_FIELDS:
+        raise InvalidEventError(
+            f"unknown type {kind!r}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
+        )
+    if kind == "track" and "event" not in message:
+        message["event"] = record.getMessage()
+
+    try:
+        for field in MAPPING_FIELDS:
+            value = message.get(field)
+            if value is None:
+                if field in message:
+                    del message[field]
+            elif not isinstance(value, Mapping):
+                raise InvalidEventError(f"{field} must be a mapping, not {type(value).__name__}")
+        if defaults and "context" in defaults and "context" in event and event["context"] is not None:
+            message["context"] = {**defaults["context"], **event["context"]}
+        if extra_fields:
+            target = "traits" if kind in ("identify", "group") else "properties"
+            message[target] = {**extra_fields, **message.get(target, {})}
+
+        for field in ID_FIELDS:
+            value = message.get(field)
+            if value is not None:
+                message[field] = _id_text(field, value)
+        if not (message.get("userId") or message.get("anonymousId")):
+            raise InvalidEventError("needs a userId or an anonymousId")
+
+        for field in REQUIRED_FIELDS[kind]:
+            value = message.get(field)
+            if not isinstance(value, str) or not value:
+                raise InvalidEventError(f"{kind} needs {field} as a non-empty string")
+
+        if message["messageId"] is None:
+            message["messageId"] = new_message_id()
+        elif not isinstance(message["messageId"], str):
+            message["messageId"] = encoding.convert(message["messageId"])
+        if message["timestamp"] is None:
+            message["timestamp"] = format_timestamp(int(record.created), int(record.msecs))
+        else:
+            message["timestamp"] = _user_timestamp(message["timestamp"])
+
+        context = message.get("context")
+        message["context"] = {**context, "library": LIBRARY} if context else {"library": LIBRARY}
+
+        data = encoding.dumps(message)
+    except InvalidEventError as error:
+        if error.event == "event":
+            raise InvalidEventError(error.reason, describe(message)) from None
+        raise
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise InvalidEventError(
+            f"{len(data):,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}", describe(message)
+        )
+    return data
+
+
+class Batch:
+    """Serialised messages that travel in one request; the envelope id is fixed, ``sentAt`` is per attempt."""
+
+    __slots__ = ("messages", "size", "batch_id")
+
+    def __init__(self, messages: Sequence[bytes], size: Optional[int] = None) -> None:
+        self.messages = messages
+        self.size = size if size is not None else sum(map(len, messages))
+        self.batch_id = new_message_id()
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def body(self, sent_at: Optional[str] = None) -> bytes:
+        head = _ENVELOPE_HEAD % (self.batch_id.encode(), (sent_at or now_timestamp()).encode())
+        return b"".join((head, b",".join(self.messages), _ENVELOPE_TAIL))
+
+    def body_size(self) -> int:
+        return body_size(self.size, len(self.messages))
+
+
+def body_size(message_bytes: int, count: int) -> int:
+    """Bytes of a request body holding ``count`` messages of ``message_bytes`` in total."""
+    return ENVELOPE_BYTES + message_bytes + max(count - 1, 0)

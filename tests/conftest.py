@@ -1,0 +1,59 @@
+"""Shared fixtures: a real collector on loopback and handlers pointed at it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from dreamdata_logging import DreamdataHandler
+from dreamdata_logging.collector import Collector
+
+WRITE_KEY = "test-write-key-7c1f"
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    with Collector(write_key=WRITE_KEY) as running:
+        yield running
+
+
+@pytest.fixture
+def make_handler(collector: Collector) -> Iterator[Callable[..., DreamdataHandler]]:
+    """Build handlers aimed at the collector; all are closed after the test."""
+    made: list[DreamdataHandler] = []
+
+    def make(**options: Any) -> DreamdataHandler:
+        options.setdefault("endpoint", collector.url)
+        options.setdefault("write_key", WRITE_KEY)
+        handler = DreamdataHandler(**options)
+        made.append(handler)
+        return handler
+
+    yield make
+    for handler in made:
+        handler.close()
+
+
+@pytest.fixture
+def make_logger() -> Iterator[Callable[[logging.Handler], logging.Logger]]:
+    """A fresh, non-propagating logger at DEBUG with the given handler attached."""
+    attached: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def make(handler: logging.Handler) -> logging.Logger:
+        log = logging.getLogger(f"test.{uuid.uuid4().hex}")
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+        log.addHandler(handler)
+        attached.append((log, handler))
+        return log
+
+    yield make
+    for log, handler in attached:
+        log.removeHandler(handler)
