@@ -7,8 +7,10 @@ logger) ignores them, as records without event data, so they can never loop back
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 
 logger = logging.getLogger("dreamdata_logging")
 
@@ -22,6 +24,7 @@ class RateLimitedReporter:
     def __init__(self, interval: float = REPORT_INTERVAL) -> None:
         self._interval = interval
         self._lock = threading.Lock()
+        _reporters.add(self)
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -37,3 +40,16 @@ class RateLimitedReporter:
         if suppressed:
             message += f" ({suppressed} more like this since the last report)"
         logger.log(level, "dreamdata-logging: %s", message)
+
+
+_reporters: weakref.WeakSet[RateLimitedReporter] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    # Another thread may have held a reporter's lock at fork(); the child's copy would stay locked.
+    for reporter in list(_reporters):
+        reporter._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)

@@ -12,7 +12,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -118,7 +118,7 @@ class Transport:
                 f"dreamdata-logging: endpoint {self.endpoint} is plain http on a non-loopback host; "
                 "the write key would travel unencrypted. Use https.",
                 InsecureEndpointWarning,
-                stacklevel=4,
+                stacklevel=3,  # the code that built the handler (Transport is made in its __init__)
             )
         self.timeout = timeout
         self.max_retries = max_retries
@@ -150,22 +150,28 @@ class Transport:
         self,
         batch: Batch,
         *,
-        deadline: Optional[float] = None,
+        deadline: Union[None, float, Callable[[], Optional[float]]] = None,
         cancel: Optional[threading.Event] = None,
     ) -> None:
         """Deliver ``batch``, retrying what is worth retrying; raise :class:`DeliveryError` if it cannot.
 
-        ``deadline`` (a ``time.monotonic()`` value) bounds every request and wait;
-        setting ``cancel`` interrupts a backoff wait at once.
+        ``deadline`` (a ``time.monotonic()`` value, or a callable returning one or None, read again before
+        every request and wait) bounds every request and wait. Setting ``cancel`` (close) cuts the current
+        backoff wait short, or replaces one that would end past the deadline, with one immediate last
+        attempt; later waits stay within the deadline. With ``cancel`` set and no deadline, the send gives up.
         """
         waited = 0.0
         attempt = 0
+        interrupted = False
         while True:
+            limit = deadline() if callable(deadline) else deadline
             timeout = self.timeout
-            if deadline is not None:
-                timeout = min(timeout, deadline - time.monotonic())
+            if limit is not None:
+                timeout = min(timeout, limit - time.monotonic())
                 if timeout <= 0:
-                    raise DeliveryError("not delivered before the shutdown deadline", retryable=True)
+                    raise DeliveryError(
+                        "not delivered before its deadline (closing, or the spool took over)", retryable=True
+                    )
             error, retry_after = self._attempt(batch, timeout)
             if error is None:
                 return
@@ -182,12 +188,20 @@ class Transport:
                 raise DeliveryError(
                     f"{error} (retry budget of {RETRY_WAIT_BUDGET:.0f}s used up)", status=error.status, retryable=True
                 )
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise DeliveryError(f"{error} (not retried: shutdown deadline)", status=error.status, retryable=True)
-            if cancel is not None and cancel.wait(delay):
-                raise DeliveryError(f"{error} (retry cancelled by close)", status=error.status, retryable=True)
-            if cancel is None:
-                time.sleep(delay)
+            limit = deadline() if callable(deadline) else deadline
+            if limit is not None and time.monotonic() + delay >= limit:
+                if cancel is None or not cancel.is_set() or interrupted:
+                    raise DeliveryError(
+                        f"{error} (not retried: deadline reached)", status=error.status, retryable=True
+                    )
+                interrupted = True  # closing: one last attempt now instead of a wait past the deadline
+                delay = 0.0
+            if cancel is None or interrupted:
+                time.sleep(delay)  # after an interruption a deadline is set, and the delay fits before it
+            elif cancel.wait(delay):  # close(): try once more now, within its deadline
+                interrupted = True
+                if (deadline() if callable(deadline) else deadline) is None:
+                    raise DeliveryError(f"{error} (retry cancelled by close)", status=error.status, retryable=True)
             waited += delay
             attempt += 1
             self.retries += 1

@@ -1,0 +1,96 @@
+"""Scenario: a process that forks after queueing events. argv: ENDPOINT MODE. Prints JSON lines on stdout.
+
+MODE "os-fork": the parent queues 5 events, forks; the child emits 3 of its own and exits normally;
+the parent then emits 2 more and exits. "in-flight": as "os-fork", but the parent's first batch is inside
+a request when it forks. "multiprocessing": the parent queues 2, then two multiprocessing "fork" children
+each emit 3 and return (they end with os._exit). "stress": a thread keeps emitting while the main thread
+forks 10 times; each child emits one event, flushes and leaves with os._exit().
+Every event's userId names the process that emitted it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+
+from dreamdata_logging import DreamdataHandler, track
+
+endpoint, mode = sys.argv[1], sys.argv[2]
+handler = DreamdataHandler(
+    "test-write-key-7c1f", endpoint=endpoint, flush_interval=0.01 if mode == "in-flight" else 60, timeout=2
+)
+log = logging.getLogger("app")
+log.setLevel(logging.INFO)
+log.addHandler(handler)
+
+
+def emit(prefix: str, count: int) -> None:
+    for i in range(count):
+        log.info("Fork", extra=track(user_id=f"{prefix}-{i}"))
+
+
+def report(who: str) -> None:
+    print(json.dumps({"who": who, "pid": os.getpid(), "stats": handler.stats()}), flush=True)
+
+
+def wait_child(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
+
+
+def mp_task(n: int) -> None:
+    emit(f"mp{n}", 3)
+    report(f"mp{n}")
+
+
+if mode in ("os-fork", "in-flight"):
+    emit("parent", 5)
+    if mode == "in-flight":
+        deadline = time.monotonic() + 10
+        while handler._worker._taken < 5 and time.monotonic() < deadline:  # the batch has left the queue
+            time.sleep(0.005)
+    pid = os.fork()
+    if pid == 0:
+        report("child-start")
+        emit("child", 3)
+        report("child")
+        sys.exit(0)  # a normal exit: atexit, logging.shutdown(), close()
+    code = wait_child(pid)
+    emit("parent-after", 2)
+    report("parent")
+    print(json.dumps({"child_exit": code}), flush=True)
+elif mode == "multiprocessing":
+    emit("parent", 2)
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=mp_task, args=(n,)) for n in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(30)
+    print(json.dumps({"child_exit": [c.exitcode for c in children]}), flush=True)
+elif mode == "stress":
+    stop = threading.Event()
+
+    def keep_emitting() -> None:
+        i = 0
+        while not stop.is_set():
+            log.info("Busy", extra=track(user_id=f"busy-{i}"))
+            i += 1
+
+    busy = threading.Thread(target=keep_emitting)
+    busy.start()
+    codes = []
+    for n in range(10):
+        pid = os.fork()
+        if pid == 0:
+            log.info("Child", extra=track(user_id=f"stress-{n}"))
+            os._exit(0 if handler.flush(timeout=20) else 3)
+        codes.append(wait_child(pid))
+    stop.set()
+    busy.join(30)
+    print(json.dumps({"child_exit": codes}), flush=True)
