@@ -8,6 +8,7 @@ logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
 """
 
 from ._version import __version__
+from .context import bind
 from .errors import DeliveryError, DreamdataError, InvalidEventError, PayloadTooLargeError
 from .events import alias, group, identify, page, screen, track
 from .handler import DreamdataHandler
@@ -20,6 +21,7 @@ __all__ = [
     "PayloadTooLargeError",
     "__version__",
     "alias",
+    "bind",
     "group",
     "identify",
     "page",

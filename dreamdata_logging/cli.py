@@ -80,6 +80,20 @@ def demo(out: Any = sys.stdout) -> int:
     return 0 if ok else 1
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreamdata-logging", description="Dreamdata analytics events from Python logging."
@@ -92,6 +106,21 @@ def _parser() -> argparse.ArgumentParser:
     collector.add_argument("--port", type=int, default=8765)
     collector.add_argument("--write-key", default=None, help="accept only this key (default: any non-empty key)")
     collector.add_argument("--out", default=None, help="append accepted messages to this JSON-lines file")
+    send = commands.add_parser(
+        "send",
+        help="send a batch document or JSON lines of messages to the endpoint",
+        description="Send FILE (a batch document {\"batch\": [...]} or JSON lines, one message per line; '-' is "
+        "standard input): every message is checked, requests are kept within 500,000 bytes and sent with retries. "
+        "Exit code: 0 all valid messages arrived, 1 some invalid or not delivered, 2 usage error.",
+    )
+    send.add_argument("file", metavar="FILE")
+    send.add_argument("--write-key", metavar="KEY", default=None, help="default: env DREAMDATA_WRITE_KEY")
+    send.add_argument("--endpoint", metavar="URL", help="default: env DREAMDATA_ENDPOINT, else Dreamdata's")
+    send.add_argument("--dry-run", action="store_true", help="check and report on stdout; send nothing")
+    send.add_argument("--gzip", action="store_true", help="compress request bodies")
+    send.add_argument("--timeout", metavar="S", type=_positive, default=10.0, help="seconds per request (default 10)")
+    send.add_argument("--max-retries", metavar="N", type=_count, default=8, help="retries of one request (default 8)")
+    send.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -101,4 +130,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return demo()
     if args.command == "collector":
         return run_collector(args.host, args.port, args.write_key, args.out)
+    if args.command == "send":
+        from .send import send_file
+
+        return send_file(
+            args.file,
+            write_key=args.write_key,
+            endpoint=args.endpoint,
+            dry_run=args.dry_run,
+            gzip=args.gzip,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            quiet=args.quiet,
+        )
     raise AssertionError(args.command)  # argparse rejects unknown commands first

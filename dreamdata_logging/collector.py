@@ -5,7 +5,8 @@ answers as it would: 200 ``{"success": true}``, or 400/401/404/405/413 with ``{"
 It is what ``dreamdata-logging collector``, the demo and the project's tests talk to, so it also
 records every request and can inject faults (error statuses, stalls, dropped connections, outages).
 
-Standard library only: it must work wherever the package is installed, without the handler.
+Besides the standard library it uses only the package's wire checks (``message.wire_problem``), the same
+ones ``dreamdata-logging send`` applies before sending; it does not need the handler.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import base64
 import binascii
 import collections
 import dataclasses
-import datetime
 import hmac
 import json
 import os
-import re
 import socket
 import socketserver
 import sys
@@ -29,6 +28,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
+
+from .message import is_wire_timestamp as _is_timestamp
+from .message import wire_problem as _message_problem
 
 __all__ = ["BATCH_PATH", "MAX_BODY_BYTES", "MAX_MESSAGE_BYTES", "Collector", "Fault", "RequestRecord", "run_collector"]
 
@@ -43,10 +45,6 @@ _DRAIN_LIMIT = 64 * 1024 * 1024
 _POLL_INTERVAL = 0.05
 # How long stop() waits for connection threads (woken by the stop) to finish their request.
 _JOIN_TIMEOUT = 2.0
-# [0-9], not \d: \d also matches non-ASCII digits.
-_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
-_REQUIRED = {"track": ("event",), "group": ("groupId",), "alias": ("previousId", "userId")}
-_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 _OK_BODY = b'{"success": true}'
 
 Message = Dict[str, Any]
@@ -102,16 +100,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_timestamp(value: Any) -> bool:
-    if not isinstance(value, str) or _TIMESTAMP.fullmatch(value) is None:
-        return False
-    try:  # the pattern lets 2012-13-45 through
-        datetime.datetime.fromisoformat(value[:-1])
-    except ValueError:
-        return False
-    return True
-
-
 def _filled(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -134,34 +122,6 @@ def _auth_problem(header: Optional[str], write_key: Optional[str]) -> Optional[s
         return "empty write key in Authorization"
     if write_key is not None and not hmac.compare_digest(user.encode(), write_key.encode()):
         return "invalid write key"
-    return None
-
-
-def _message_problem(message: Any) -> Optional[str]:
-    """What is wrong with one message of a batch, or None."""
-    if not isinstance(message, dict):
-        return "is not an object"
-    kind = message.get("type")
-    if kind not in MESSAGE_TYPES:
-        return f"'type' must be one of {', '.join(MESSAGE_TYPES)}, not {_show(kind)}"
-    if not _filled(message.get("messageId")):
-        return "needs a non-empty string 'messageId'"
-    if not _is_timestamp(message.get("timestamp")):
-        return (
-            f"'timestamp' must be RFC 3339 UTC with milliseconds, like 2012-12-02T00:30:08.276Z,"
-            f" not {_show(message.get('timestamp'))}"
-        )
-    for key in ("userId", "anonymousId"):
-        if message.get(key) is not None and not isinstance(message[key], str):
-            return f"'{key}' must be a string, not {_show(message[key])}"
-    if not (_filled(message.get("userId")) or _filled(message.get("anonymousId"))):
-        return "needs a non-empty 'userId' or 'anonymousId'"
-    for key in _REQUIRED.get(kind, ()):
-        if not _filled(message.get(key)):
-            return f"{kind} needs a non-empty string '{key}'"
-    for key in _OBJECT_FIELDS:
-        if key in message and not isinstance(message[key], dict):
-            return f"'{key}' must be an object, not {_show(message[key])}"
     return None
 
 

@@ -1,0 +1,162 @@
+"""Capture the messages every ``DreamdataHandler`` would send, without any network: for tests.
+
+With pytest, use the ``dreamdata_events`` fixture (installed with the package). Elsewhere::
+
+    from dreamdata_logging.testing import capture
+
+    with capture() as events:
+        signup("019mr8mf4r")
+    events.assert_tracked("Signed Up", plan="pro")
+
+While a capture is active, every handler in the process (made before or during it) hands each valid
+event to the capture instead of its queue, so nothing is sent; invalid events are collected too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Optional
+
+from .errors import InvalidEventError
+
+__all__ = ["CapturedEvents", "capture"]
+
+#: The captures in force; ``DreamdataHandler.emit`` feeds each of them while this is non-empty.
+active: list[CapturedEvents] = []
+_active_lock = threading.Lock()
+
+# snake_case spellings accepted by find() for the wire's camelCase fields
+_WIRE_NAMES = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "group_id": "groupId",
+    "previous_id": "previousId",
+    "message_id": "messageId",
+}
+
+
+class CapturedEvents:
+    """The messages captured so far, decoded to dicts in wire spelling, in the order they were logged."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        #: Events the handler refused (no user id, wrong field type, too big...), as the errors it raised.
+        self.invalid: list[InvalidEventError] = []
+
+    # -- fed by the handler ------------------------------------------------------------------------
+
+    def _add(self, data: bytes) -> None:
+        self.messages.append(json.loads(data))
+
+    def _add_invalid(self, error: InvalidEventError) -> None:
+        self.invalid.append(error)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(list(self.messages))
+
+    def __repr__(self) -> str:
+        return f"<CapturedEvents {len(self.messages)} message(s), {len(self.invalid)} invalid>"
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        """The messages of one type: ``"track"``, ``"identify"``, ``"page"``, ``"screen"``, ``"group"``, ``"alias"``."""
+        return [m for m in self.messages if m.get("type") == kind]
+
+    def tracks(self, event: Optional[str] = None) -> list[dict[str, Any]]:
+        """Track messages, only those named ``event`` when it is given."""
+        return [m for m in self.of_type("track") if event is None or m.get("event") == event]
+
+    def identifies(self) -> list[dict[str, Any]]:
+        return self.of_type("identify")
+
+    def pages(self) -> list[dict[str, Any]]:
+        return self.of_type("page")
+
+    def screens(self) -> list[dict[str, Any]]:
+        return self.of_type("screen")
+
+    def groups(self) -> list[dict[str, Any]]:
+        return self.of_type("group")
+
+    def aliases(self) -> list[dict[str, Any]]:
+        return self.of_type("alias")
+
+    def find(self, **fields: Any) -> list[dict[str, Any]]:
+        """Messages whose top-level fields equal the ones given: ``find(event="Signed Up", user_id="42")``.
+
+        Keywords may be in wire spelling (``userId``) or snake_case (``user_id``); ``type=`` selects a type.
+        """
+        wanted = {_WIRE_NAMES.get(key, key): value for key, value in fields.items()}
+        return [m for m in self.messages if all(key in m and m[key] == value for key, value in wanted.items())]
+
+    def assert_tracked(self, event: str, **properties: Any) -> dict[str, Any]:
+        """Assert that a track named ``event`` was captured whose properties include ``properties``.
+
+        Returns the first such message. The error lists what was tracked instead.
+        """
+        named = self.tracks(event)
+        for message in named:
+            got = message.get("properties") or {}
+            if all(key in got and got[key] == value for key, value in properties.items()):
+                return message
+        tracked = [m.get("event") for m in self.tracks()]
+        if not named:
+            raise AssertionError(f"no track {event!r} was captured; tracked: {tracked!r}")
+        raise AssertionError(
+            f"track {event!r} was captured {len(named)} time(s), but none with properties including "
+            f"{properties!r}; their properties: {[m.get('properties') for m in named]!r}"
+        )
+
+    def assert_nothing_invalid(self) -> None:
+        """Assert that no event was refused as invalid."""
+        if self.invalid:
+            raise AssertionError(f"{len(self.invalid)} invalid event(s): " + "; ".join(map(str, self.invalid)))
+
+    def clear(self) -> None:
+        """Forget what was captured so far."""
+        self.messages.clear()
+        self.invalid.clear()
+
+
+def start(events: Optional[CapturedEvents] = None) -> CapturedEvents:
+    """Begin capturing into ``events`` (a new one by default); end it with :func:`stop`."""
+    events = events if events is not None else CapturedEvents()
+    with _active_lock:
+        active.append(events)
+    return events
+
+
+def stop(events: CapturedEvents) -> None:
+    with _active_lock:
+        for index, item in enumerate(active):
+            if item is events:
+                del active[index]
+                break
+
+
+@contextmanager
+def capture() -> Iterator[CapturedEvents]:
+    """Capture, inside the block, what every ``DreamdataHandler`` would send; nothing is sent."""
+    events = start()
+    try:
+        yield events
+    finally:
+        stop(events)
+
+
+def feed(data: bytes) -> None:
+    """Called by the handler for each valid event while a capture is active."""
+    for events in list(active):
+        events._add(data)
+
+
+def feed_invalid(error: InvalidEventError) -> None:
+    for events in list(active):
+        events._add_invalid(error)

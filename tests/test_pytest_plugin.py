@@ -1,0 +1,122 @@
+"""The ``dreamdata_events`` fixture, as a user's own test suite gets it: through the ``pytest11`` entry point."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import subprocess
+import sys
+import textwrap
+
+from dreamdata_logging import DreamdataHandler, testing, track
+from dreamdata_logging.testing import capture
+
+pytest_plugins = ["pytester"]
+
+USER_TESTS = textwrap.dedent(
+    """
+    import logging
+
+    import pytest
+
+    from dreamdata_logging import DreamdataHandler, bind, identify, track
+
+    log = logging.getLogger("myapp.analytics")
+    log.setLevel(logging.INFO)
+    # made at import, before any fixture, aimed at an address where nothing listens
+    log.addHandler(DreamdataHandler("real-key", endpoint="http://127.0.0.1:9", max_retries=0))
+
+
+    def signup(user_id, plan):
+        log.info("identify", extra=identify(user_id=user_id, traits={"plan": plan}))
+        log.info("Signed Up", extra=track(user_id=user_id, properties={"plan": plan, "source": "ads"}))
+
+
+    def test_signup_is_tracked(dreamdata_events):
+        signup("019mr8mf4r", "pro")
+        event = dreamdata_events.assert_tracked("Signed Up", plan="pro")
+        assert event["userId"] == "019mr8mf4r"
+        assert [m["type"] for m in dreamdata_events.messages] == ["identify", "track"]
+        assert dreamdata_events.identifies()[0]["traits"] == {"plan": "pro"}
+        assert dreamdata_events.tracks("Signed Up") == dreamdata_events.find(event="Signed Up", user_id="019mr8mf4r")
+        assert dreamdata_events.of_type("page") == []
+        dreamdata_events.assert_nothing_invalid()
+
+
+    def test_handlers_made_during_the_test_need_no_key_and_send_nothing(dreamdata_events):
+        handler = DreamdataHandler(endpoint="http://127.0.0.1:9")  # DREAMDATA_WRITE_KEY set by the fixture
+        other = logging.getLogger("myapp.other")
+        other.addHandler(handler)
+        with bind(user_id="bound"):
+            other.warning("Bound Event", extra=track())
+        assert dreamdata_events.find(user_id="bound")[0]["event"] == "Bound Event"
+        assert handler.stats()["requests"] == 0 and handler.stats()["queued"] == 0
+        other.removeHandler(handler)
+
+
+    def test_invalid_events_and_clear(dreamdata_events):
+        log.info("no id", extra={"dreamdata": {"type": "track"}})
+        assert len(dreamdata_events.invalid) == 1 and "userId" in str(dreamdata_events.invalid[0])
+        with pytest.raises(AssertionError, match="1 invalid event"):
+            dreamdata_events.assert_nothing_invalid()
+        signup("u2", "free")
+        with pytest.raises(AssertionError, match="tracked: \\\\['Signed Up'\\\\]"):
+            dreamdata_events.assert_tracked("Logged In")
+        with pytest.raises(AssertionError, match="none with properties"):
+            dreamdata_events.assert_tracked("Signed Up", plan="pro")
+        dreamdata_events.clear()
+        assert len(dreamdata_events) == 0 and dreamdata_events.invalid == []
+
+
+    def test_nothing_was_sent_by_the_import_time_handler():
+        [handler] = log.handlers
+        assert handler.stats()["requests"] == 0 and handler.stats()["queued"] == 0
+        assert handler.stats()["emitted"] == 4 and handler.stats()["invalid"] == 1
+    """
+)
+
+
+def test_entry_point_is_registered():
+    found = importlib.metadata.entry_points()
+    group = found.select(group="pytest11") if hasattr(found, "select") else found.get("pytest11", [])
+    names = {ep.name: ep.value for ep in group}
+    assert names.get("dreamdata_logging") == "dreamdata_logging.pytest_plugin"
+
+
+def test_users_suite_gets_the_fixture_from_the_entry_point(pytester, monkeypatch):
+    monkeypatch.delenv("DREAMDATA_WRITE_KEY", raising=False)
+    pytester.makepyfile(test_user_suite=USER_TESTS)
+    # a subprocess: the plugin is found through the installed entry point only, as in a user's project
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=120)
+    result.assert_outcomes(passed=4)
+
+
+def test_plugin_can_be_disabled(pytester):
+    pytester.makepyfile(test_off="def test_off(dreamdata_events):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:dreamdata_logging", timeout=120)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'dreamdata_events' not found*"])
+
+
+def test_capture_without_pytest_fixture(collector, make_handler):
+    handler = make_handler()
+    log = logging.getLogger("capture.plain")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with capture() as events:
+            log.info("Captured", extra=track(user_id="u1"))
+        assert testing.active == []
+        log.info("Sent", extra=track(user_id="u1"))
+        assert handler.flush(timeout=20)
+    finally:
+        log.removeHandler(handler)
+    assert [m["event"] for m in events.messages] == ["Captured"]
+    assert [m["event"] for m in collector.received()] == ["Sent"]
+    assert isinstance(handler, DreamdataHandler) and handler.stats()["emitted"] == 2
+
+
+def test_importing_the_package_does_not_import_pytest():
+    code = "import sys, dreamdata_logging, dreamdata_logging.testing; print('pytest' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
