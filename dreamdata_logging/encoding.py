@@ -67,10 +67,14 @@ _fast_dumps: Callable[[Any], bytes] = _dumps_json
 _fast_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, UnicodeEncodeError)
 if _orjson is not None:
     _orjson_dumps = _orjson.dumps
-    _orjson_option = _orjson.OPT_NON_STR_KEYS
+    # Datetimes go through convert() as on the json path: orjson itself rounds a UTC offset that has
+    # seconds (historic zones, e.g. +03:25:44) to whole minutes.
+    _orjson_option = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_PASSTHROUGH_DATETIME
 
     def _dumps_orjson(value: Any) -> bytes:
-        return _orjson_dumps(value, default=convert, option=_orjson_option)  # type: ignore[no-any-return]
+        # orjson's bytes keep their whole working buffer (several kB for a small message); an exact
+        # copy makes a queued message cost its length, which is what the queue's byte bound counts.
+        return bytes(memoryview(_orjson_dumps(value, default=convert, option=_orjson_option)))
 
     _fast_dumps = _dumps_orjson
     _fast_errors = (_orjson.JSONEncodeError, *_fast_errors)

@@ -17,7 +17,7 @@ Fields = Optional[Mapping[str, Any]]
 
 
 def _check_id(name: str, value: Any) -> None:
-    if value is None:
+    if type(value) is str and value:
         return
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TypeError(f"{name} must be a str or int, not {type(value).__name__}")
@@ -26,26 +26,58 @@ def _check_id(name: str, value: Any) -> None:
 
 
 def _check_mapping(name: str, value: Any) -> None:
-    if value is not None and not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a mapping, not {type(value).__name__}")
+
+
+def _check_timestamp(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (datetime.datetime, str, int, float)):
+        raise TypeError(f"timestamp must be a datetime, ISO 8601 str or epoch seconds, not {type(value).__name__}")
+
+
+def _check_message_id(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError("message_id must be a non-empty str")
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+
+
+# Errors name the helper's keyword, not the wire field.
+_KEYWORDS = {
+    "userId": "user_id",
+    "anonymousId": "anonymous_id",
+    "groupId": "group_id",
+    "previousId": "previous_id",
+    "messageId": "message_id",
+}
+_CHECKS = {
+    "userId": _check_id,
+    "anonymousId": _check_id,
+    "groupId": _check_id,
+    "previousId": _check_id,
+    "properties": _check_mapping,
+    "traits": _check_mapping,
+    "context": _check_mapping,
+    "integrations": _check_mapping,
+    "timestamp": _check_timestamp,
+    "messageId": _check_message_id,
+    "name": _check_text,
+    "category": _check_text,
+}
 
 
 def _event(kind: str, **fields: Any) -> dict[str, dict[str, Any]]:
     """Assemble ``{"dreamdata": {...}}`` from wire-spelled fields, skipping the ones left as None."""
-    for name in ("userId", "anonymousId", "groupId", "previousId"):
-        _check_id(name, fields.get(name))
-    for name in ("properties", "traits", "context", "integrations"):
-        _check_mapping(name, fields.get(name))
-    timestamp = fields.get("timestamp")
-    if timestamp is not None and (
-        isinstance(timestamp, bool) or not isinstance(timestamp, (datetime.datetime, str, int, float))
-    ):
-        raise TypeError(f"timestamp must be a datetime, ISO 8601 str or epoch seconds, not {type(timestamp).__name__}")
-    message_id = fields.get("messageId")
-    if message_id is not None and (not isinstance(message_id, str) or not message_id):
-        raise TypeError("message_id must be a non-empty str")
     body = {"type": kind}
-    body.update((key, value) for key, value in fields.items() if value is not None)
+    for key, value in fields.items():
+        if value is not None:
+            check = _CHECKS.get(key)
+            if check is not None:
+                check(_KEYWORDS.get(key, key), value)
+            body[key] = value
     return {"dreamdata": body}
 
 
@@ -99,13 +131,6 @@ def identify(
     )
 
 
-def _view(kind: str, **fields: Any) -> dict[str, dict[str, Any]]:
-    for name in ("name", "category"):
-        if fields.get(name) is not None and not isinstance(fields[name], str):
-            raise TypeError(f"{name} must be a str, not {type(fields[name]).__name__}")
-    return _event(kind, **fields)
-
-
 def page(
     name: Optional[str] = None,
     *,
@@ -119,7 +144,7 @@ def page(
     message_id: Optional[str] = None,
 ) -> dict[str, dict[str, Any]]:
     """A page view."""
-    return _view(
+    return _event(
         "page",
         userId=user_id,
         anonymousId=anonymous_id,
@@ -146,7 +171,7 @@ def screen(
     message_id: Optional[str] = None,
 ) -> dict[str, dict[str, Any]]:
     """A screen view (mobile apps)."""
-    return _view(
+    return _event(
         "screen",
         userId=user_id,
         anonymousId=anonymous_id,

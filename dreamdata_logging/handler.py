@@ -11,11 +11,23 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
+from pythonjsonlogger.core import RESERVED_ATTRS as _JSON_LOGGER_RESERVED
+
 from . import message as wire
+from . import testing as _testing
+from .context import current as _current_bindings
 from .diagnostics import RateLimitedReporter
 from .errors import DeliveryError, InvalidEventError
+from .spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
+from .spool import Spool, SpoolUnavailable, worth_spooling
 from .transport import DEFAULT_ENDPOINT, Transport
 from .worker import Worker, interpreter_exiting
+
+#: Record attributes that are never ``extra`` keys: python-json-logger's reserved set, what this
+#: Python's LogRecord sets itself, and what formatting adds later (``message``, ``asctime``).
+RESERVED_RECORD_ATTRS = frozenset(
+    {*_JSON_LOGGER_RESERVED, *vars(logging.makeLogRecord({})), "message", "asctime", "taskName", "dreamdata"}
+)
 
 OnError = Callable[[BaseException, list[Any]], Any]
 
@@ -56,6 +68,15 @@ def _as_verify(value: Any) -> Union[bool, str]:
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
     return bool(value)
+
+
+def _as_path(name: str, value: Any) -> Optional[str]:
+    """A file path, or None for None / "" / "none" (from a config file)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ValueError(f"{name} must be a file path, got {type(value).__name__}")
 
 
 def _as_proxies(value: Any) -> Optional[dict[str, str]]:
@@ -113,6 +134,9 @@ class DreamdataHandler(logging.Handler):
         on_error: Optional[OnError] = None,
         verify: Union[bool, str] = True,
         proxies: Optional[Mapping[str, str]] = None,
+        include_extra: bool = False,
+        spool: Union[None, str, os.PathLike[str]] = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         level: Union[int, str] = logging.NOTSET,
     ) -> None:
         super().__init__(level)
@@ -126,6 +150,7 @@ class DreamdataHandler(logging.Handler):
         self.shutdown_timeout = _as_number("shutdown_timeout", shutdown_timeout, float, 0)
         self.send = _as_bool("send", send)
         self.on_error = _as_callable("on_error", on_error)
+        self.include_extra = _as_bool("include_extra", include_extra)
         self._transport = Transport(
             endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
             key,
@@ -135,6 +160,9 @@ class DreamdataHandler(logging.Handler):
             verify=_as_verify(verify),
             proxies=_as_proxies(proxies),
         )
+        spool_path = _as_path("spool", spool)
+        self.spool_max_bytes = _as_number("spool_max_bytes", spool_max_bytes, int, wire.MAX_MESSAGE_BYTES)
+        self._spool = Spool(spool_path, self.spool_max_bytes) if spool_path else None
         self._worker = Worker(
             self._transport,
             flush_at=self.flush_at,
@@ -142,10 +170,14 @@ class DreamdataHandler(logging.Handler):
             max_queue_size=self.max_queue_size,
             max_queue_bytes=self.max_queue_bytes,
             on_give_up=self._give_up,
+            spool=self._spool,
         )
+        self._worker.close_at_exit = self.close  # a multiprocessing child skips atexit; see worker.py
         self._reporter = RateLimitedReporter()
         self._closed = False
         self._close_lock = threading.Lock()
+        if self._spool is not None and self.send:
+            self._worker.resume_spool()  # events left by an earlier outage or process: send them now
 
     @property
     def endpoint(self) -> str:
@@ -168,16 +200,23 @@ class DreamdataHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "dreamdata", None)
-        if event is None or self._worker.is_worker_thread():
+        # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
+        if event is None or _is_own(record.name) or self._worker.is_worker_thread():
             self._worker.tally("skipped")
             return
         try:
-            data = wire.build_message(event, record)
+            data = wire.build_message(
+                event, record, _current_bindings(), _extra_fields(record) if self.include_extra else None
+            )
         except InvalidEventError as error:
             self._invalid(error, event)
             return
         except Exception as error:  # e.g. a __str__ that raises on both encoder paths
             self._invalid(InvalidEventError(f"could not be serialised ({_safe_text(error)})"), event)
+            return
+        if _testing.active:  # a test is capturing (the dreamdata_events fixture): hand it over, send nothing
+            _testing.feed(data)
+            self._worker.tally("unsent")
             return
         if not self.send:
             self._worker.tally("unsent")
@@ -210,7 +249,15 @@ class DreamdataHandler(logging.Handler):
                 return
             self._closed = True
         try:
+            spooled_before = self._worker.tallies.get("spool_written", 0)
             undelivered = self._worker.close(self.shutdown_timeout)
+            spooled = self._worker.tallies.get("spool_written", 0) - spooled_before
+            undelivered = max(0, undelivered - spooled)
+            if spooled and self._spool is not None:
+                _write_stderr(
+                    f"dreamdata-logging: {spooled} event(s) could not be delivered to {self.endpoint} before close; "
+                    f"they were kept in the spool {self._spool.path} for later delivery (not lost)\n"
+                )
             if undelivered:
                 _write_stderr(
                     f"dreamdata-logging: {undelivered} event(s) were not delivered to {self.endpoint} "
@@ -235,23 +282,68 @@ class DreamdataHandler(logging.Handler):
             "requests": transport.requests_sent,
             "bytes_sent": transport.bytes_sent,
             "queued": worker.queued,
-            "spooled": 0,
+            "spooled": self._spooled_now(),
+            "spool_written": worker.tallies.get("spool_written", 0),
+            "spool_delivered": worker.spool_delivered,
+            "spool_dropped": worker.tallies.get("spool_dropped", 0),
         }
+
+    def _spooled_now(self) -> int:
+        """Events in the spool file now, every process's included (0 without a spool)."""
+        if self._spool is None:
+            return 0
+        try:
+            return self._spool.pending()[0]
+        except SpoolUnavailable:
+            return 0
 
     # -- problems --------------------------------------------------------------------------------
 
     def _invalid(self, error: InvalidEventError, event: Any) -> None:
+        if _testing.active:
+            _testing.feed_invalid(error)
         self._worker.tally("invalid")
         self._reporter.report("invalid:" + error.reason.split(" ", 1)[0], f"invalid event: {error}")
-        self._call_on_error(error, [dict(event)] if isinstance(event, Mapping) else [])
+        try:
+            snapshot = [dict(event)] if isinstance(event, Mapping) else []
+        except Exception:  # a mapping that cannot be read: report the error without it
+            snapshot = []
+        self._call_on_error(error, snapshot)
 
     def _give_up(self, items: list[bytes], error: DeliveryError) -> None:
+        if self._spool is not None and worth_spooling(error) and self._spool_put(items, error):
+            return
         self._worker.tally("failed", len(items))
         self._reporter.report(
             f"delivery:{error.status}", f"{len(items)} event(s) could not be delivered: {error}", logging.ERROR
         )
         if self.on_error is not None:
             self._call_on_error(error, [json.loads(item) for item in items])
+
+    def _spool_put(self, items: list[bytes], error: DeliveryError) -> bool:
+        """Keep undelivered events in the spool; False when the spool cannot take them just now."""
+        assert self._spool is not None
+        try:
+            dropped = self._spool.put(items)
+        except SpoolUnavailable:  # reported by the spool; the events fail as without one
+            return False
+        self._worker.tally("spool_written", len(items))
+        self._reporter.report(
+            "spooled",
+            f"{len(items)} event(s) not delivered yet ({error}); kept in the spool {self._spool.path} "
+            "for later delivery",
+            logging.ERROR if error.status in (401, 403) else logging.WARNING,
+        )
+        if dropped:
+            self._worker.tally("spool_dropped", len(dropped))
+            full = DeliveryError(
+                f"the spool {self._spool.path} is full (spool_max_bytes={self.spool_max_bytes:,}): "
+                f"its {len(dropped)} oldest event(s) were dropped"
+            )
+            self._reporter.report("spool_full", str(full), logging.ERROR)
+            if self.on_error is not None:
+                self._call_on_error(full, [json.loads(item) for item in dropped])
+        return True
 
     def _call_on_error(self, error: BaseException, messages: list[Any]) -> None:
         if self.on_error is None:
@@ -260,6 +352,20 @@ class DreamdataHandler(logging.Handler):
             self.on_error(error, messages)
         except Exception as exc:
             self._reporter.report("on_error", f"on_error raised {_safe_text(exc)}")
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's ``extra`` keys besides ``dreamdata``: every attribute logging itself does not set."""
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
+    }
+
+
+def _is_own(logger_name: str) -> bool:
+    """The library's own loggers (``dreamdata_logging`` and below): their records are never events."""
+    return logger_name == "dreamdata_logging" or logger_name.startswith("dreamdata_logging.")
 
 
 def _safe_text(error: BaseException) -> str:

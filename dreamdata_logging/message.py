@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -30,6 +31,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 MAPPING_FIELDS = ("properties", "traits", "context", "integrations")
 ID_FIELDS = ("userId", "anonymousId", "groupId", "previousId")
 LIBRARY = {"name": "dreamdata-logging", "version": __version__}
+_LIBRARY_ONLY = {"library": LIBRARY}  # shared: it is only ever serialised, never changed
 
 # A ``{"messageId":"<uuid>","sentAt":"<timestamp>","batch":[`` ... ``]}`` envelope around the messages.
 _ENVELOPE_HEAD = b'{"messageId":"%s","sentAt":"%s","batch":['
@@ -63,7 +65,7 @@ def now_timestamp() -> str:
     return format_timestamp(int(now), int(now * 1000) % 1000)
 
 
-def _user_timestamp(value: Any) -> str:
+def user_timestamp(value: Any) -> str:
     """A user-given timestamp (datetime, ISO text or epoch seconds) in wire form."""
     if isinstance(value, datetime.datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
@@ -72,19 +74,26 @@ def _user_timestamp(value: Any) -> str:
         try:
             moment = datetime.datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidEventError(f"timestamp {value!r} is not ISO 8601") from None
+            raise InvalidEventError(f"timestamp {_show(value)} is not ISO 8601") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        moment = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        try:
+            moment = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):  # NaN, or beyond year 1..9999
+            raise InvalidEventError(f"timestamp {_show(value)} is out of range") from None
     elif isinstance(value, datetime.date):
         moment = datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
     else:
         raise InvalidEventError(
             f"timestamp must be a datetime, ISO 8601 text or epoch seconds, not {type(value).__name__}"
         )
-    utc = moment.astimezone(datetime.timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    try:
+        utc = moment.astimezone(datetime.timezone.utc)
+    except (OverflowError, ValueError):  # e.g. 0001-01-01 in a zone east of UTC
+        raise InvalidEventError("timestamp is out of range once converted to UTC") from None
+    # The year by hand: strftime's %Y gives "219", not "0219", on some platforms.
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _id_text(field: str, value: Any) -> str:
@@ -98,7 +107,7 @@ def _id_text(field: str, value: Any) -> str:
 def describe(message: Mapping[str, Any]) -> str:
     """A short name of an event for error messages, e.g. ``track 'Signed Up' (userId='42')``."""
     kind = message.get("type", "track")
-    parts = [str(kind)]
+    parts = [kind[:40] if isinstance(kind, str) else type(kind).__name__]  # never a hostile value's str()
     if kind == "track" and isinstance(message.get("event"), str):
         parts.append(repr(message["event"][:80]))
     for field in ("userId", "anonymousId", "messageId"):
@@ -121,29 +130,30 @@ def build_message(
     ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones.
     Raises :class:`InvalidEventError` naming the reason; never modifies ``event``.
     """
-    if not isinstance(event, Mapping):
+    if type(event) is not dict and not isinstance(event, Mapping):
         raise InvalidEventError(f"the 'dreamdata' attribute must be a mapping, not {type(event).__name__}")
     message: dict[str, Any] = {"type": "track", "messageId": None, "timestamp": None}
     if defaults:
         message.update(defaults)
     message.update(event)
     kind = message["type"]
-    if kind not in REQUIRED_FIELDS:
+    if type(kind) is not str or kind not in REQUIRED_FIELDS:
         raise InvalidEventError(
-            f"unknown type {kind!r}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
+            f"unknown type {_show(kind)}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
         )
     if kind == "track" and "event" not in message:
         message["event"] = record.getMessage()
 
     try:
         for field in MAPPING_FIELDS:
-            value = message.get(field)
+            value = message.get(field, message)  # the message itself stands for "absent"
+            if value is message or type(value) is dict:
+                continue
             if value is None:
-                if field in message:
-                    del message[field]
+                del message[field]
             elif not isinstance(value, Mapping):
                 raise InvalidEventError(f"{field} must be a mapping, not {type(value).__name__}")
-        if defaults and "context" in defaults and "context" in event and event["context"] is not None:
+        if defaults and "context" in defaults and event.get("context") is not None:
             message["context"] = {**defaults["context"], **event["context"]}
         if extra_fields:
             target = "traits" if kind in ("identify", "group") else "properties"
@@ -151,7 +161,7 @@ def build_message(
 
         for field in ID_FIELDS:
             value = message.get(field)
-            if value is not None:
+            if value is not None and type(value) is not str:
                 message[field] = _id_text(field, value)
         if not (message.get("userId") or message.get("anonymousId")):
             raise InvalidEventError("needs a userId or an anonymousId")
@@ -163,15 +173,17 @@ def build_message(
 
         if message["messageId"] is None:
             message["messageId"] = new_message_id()
-        elif not isinstance(message["messageId"], str):
-            message["messageId"] = encoding.convert(message["messageId"])
+        elif type(message["messageId"]) is not str:
+            message["messageId"] = str(encoding.convert(message["messageId"]))
+        if message["messageId"] == "":  # the endpoint would refuse the whole batch over it
+            raise InvalidEventError("messageId must not be empty")
         if message["timestamp"] is None:
             message["timestamp"] = format_timestamp(int(record.created), int(record.msecs))
         else:
-            message["timestamp"] = _user_timestamp(message["timestamp"])
+            message["timestamp"] = user_timestamp(message["timestamp"])
 
         context = message.get("context")
-        message["context"] = {**context, "library": LIBRARY} if context else {"library": LIBRARY}
+        message["context"] = {**context, "library": LIBRARY} if context else _LIBRARY_ONLY
 
         data = encoding.dumps(message)
     except InvalidEventError as error:
@@ -209,3 +221,61 @@ class Batch:
 def body_size(message_bytes: int, count: int) -> int:
     """Bytes of a request body holding ``count`` messages of ``message_bytes`` in total."""
     return ENVELOPE_BYTES + message_bytes + max(count - 1, 0)
+
+
+# -- checking a message as the endpoint does (shared by the collector and ``dreamdata-logging send``) --
+
+# [0-9], not \d: \d also matches non-ASCII digits.
+_WIRE_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _filled(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def is_wire_timestamp(value: Any) -> bool:
+    """True for RFC 3339 UTC with milliseconds and ``Z``, e.g. ``2012-12-02T00:30:08.276Z``."""
+    if not isinstance(value, str) or _WIRE_TIMESTAMP.fullmatch(value) is None:
+        return False
+    try:  # the pattern lets 2012-13-45 through
+        datetime.datetime.fromisoformat(value[:-1])
+    except ValueError:
+        return False
+    return True
+
+
+def wire_problem(message: Any) -> Optional[str]:
+    """What is wrong with one decoded message as it would travel (CONTRACT section 1), or None.
+
+    Checks type, ``messageId``, ``timestamp``, identity, each type's required fields and the mapping
+    fields; not the serialised size (see :data:`MAX_MESSAGE_BYTES`).
+    """
+    if not isinstance(message, dict):
+        return "is not an object"
+    kind = message.get("type")
+    if kind not in REQUIRED_FIELDS:
+        return f"'type' must be one of {', '.join(REQUIRED_FIELDS)}, not {_show(kind)}"
+    if not _filled(message.get("messageId")):
+        return "needs a non-empty string 'messageId'"
+    if not is_wire_timestamp(message.get("timestamp")):
+        return (
+            f"'timestamp' must be RFC 3339 UTC with milliseconds, like 2012-12-02T00:30:08.276Z,"
+            f" not {_show(message.get('timestamp'))}"
+        )
+    for key in ("userId", "anonymousId"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            return f"'{key}' must be a string, not {_show(message[key])}"
+    if not (_filled(message.get("userId")) or _filled(message.get("anonymousId"))):
+        return "needs a non-empty 'userId' or 'anonymousId'"
+    for key in REQUIRED_FIELDS[kind]:
+        if not _filled(message.get(key)):
+            return f"{kind} needs a non-empty string '{key}'"
+    for key in MAPPING_FIELDS:
+        if key in message and not isinstance(message[key], dict):
+            return f"'{key}' must be an object, not {_show(message[key])}"
+    return None

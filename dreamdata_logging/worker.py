@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
+import sys
 import threading
 import time
 import weakref
@@ -17,10 +19,23 @@ from typing import Callable, Optional
 
 from .errors import DeliveryError, PayloadTooLargeError
 from .message import MAX_BODY_BYTES, Batch, body_size
+from .spool import Claim, Spool, SpoolUnavailable, worth_spooling
 from .transport import Transport
 
 #: Seconds ``close()`` waits beyond its deadline for the thread's last request to end.
 JOIN_MARGIN = 1.0
+
+# With a spool (see ``_drain_spool``): a batch not delivered within SPOOL_AFTER seconds goes to the
+# spool instead of being retried for the whole retry budget, and the worker enters "outage mode":
+# batches go to the spool, not the network, while the oldest spooled batch probes the endpoint after
+# SPOOL_RETRY_BASE, doubling up to SPOOL_RETRY_CAP seconds. A 2xx ends it and the spool drains while
+# no live batch is waiting. close() keeps SPOOL_RESERVE seconds of its deadline for writing the spool.
+SPOOL_AFTER = 15.0
+SPOOL_RETRY_BASE = 1.0
+SPOOL_RETRY_CAP = 60.0
+SPOOL_RESERVE = 0.5
+#: Seconds between looks at a spool that was empty (other processes, expired leases).
+SPOOL_POLL_INTERVAL = 30.0
 
 GiveUp = Callable[[list[bytes], DeliveryError], None]
 
@@ -47,6 +62,27 @@ _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 def _reset_workers_in_child() -> None:
     for worker in list(_live_workers):
         worker.reset_after_fork()
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and _live_workers:
+        # A multiprocessing child ends with os._exit(): no atexit, so no logging.shutdown(). Its own
+        # exit hook runs finalizers, but it clears the parent's first: register ours from its after-fork hook.
+        util.register_after_fork(_close_at_child_exit, _register_child_exit)
+
+
+def _register_child_exit(_: object) -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _close_at_child_exit, exitpriority=10)
+
+
+def _close_at_child_exit() -> None:
+    """Close every handler in a multiprocessing child as it ends, as logging.shutdown() would at exit."""
+    for worker in list(_live_workers):
+        if worker.close_at_exit is not None:
+            try:
+                worker.close_at_exit()
+            except Exception:  # one handler's failure must not stop the others
+                pass
 
 
 if hasattr(os, "register_at_fork"):
@@ -65,8 +101,10 @@ class Worker:
         max_queue_size: int,
         max_queue_bytes: int,
         on_give_up: GiveUp,
+        spool: Optional[Spool] = None,
     ) -> None:
         self._transport = transport
+        self._spool = spool
         self._flush_at = flush_at
         self._flush_interval = flush_interval
         self._max_events = max_queue_size
@@ -75,6 +113,8 @@ class Worker:
         # What fits in one body besides the envelope; each message after the first adds a comma.
         self._body_room = MAX_BODY_BYTES - body_size(0, 0)
         self._closing = False
+        #: What closes the owner (the handler) when a multiprocessing child ends; set by the owner.
+        self.close_at_exit: Optional[Callable[[], None]] = None
         self._init_state()
         _live_workers.add(self)
 
@@ -96,7 +136,20 @@ class Worker:
         self._last_failed = 0
         self._flush_upto = 0
         self._deadline: Optional[float] = None
+        self._inline_deadline: Optional[float] = None  # flush(timeout) shipping from the caller's thread
+        self._sending = threading.local()  # .active: this thread is inside a send (its records are ours)
         self._thread: Optional[threading.Thread] = None
+        # Spool state (see SPOOL_AFTER): outage mode, when to look at the spool next, failed probes in a row.
+        self._outage = False
+        self._spool_due = 0.0
+        self._spool_failures = 0
+        self._spool_claim_limit = self._flush_at
+        self._send_until: Optional[float] = None  # this send's own limit (spool mode), besides close()'s
+        self._live_send = False  # the thread is sending (a batch from the queue, or one from the spool)
+        self._spilling = False  # ... and put() set _cancel because the queue passed its high-water mark
+        self._cut_short = False  # the last send was ended because of the high-water mark
+        self._deadline_reads = 0  # the transport reads the deadline before each attempt and each wait
+        self.spool_delivered = 0
         self.offered = 0
         self.dropped_queue_full = 0
         self.dropped_closed = 0
@@ -124,6 +177,11 @@ class Worker:
             self._held_bytes += size
             self._queued_bytes += size
             batch_ready = len(self._queue) >= self._flush_at or self._queued_bytes >= self._body_room
+            if self._live_send and not self._spilling and self._spool is not None and self._over_high_water():
+                # The endpoint is slow to take a batch while the queue fills: spool instead of dropping.
+                # Under the lock, so the send cannot end in between (it clears both when it ends).
+                self._spilling = True
+                self._cancel.set()  # ends a backoff wait now; _send_deadline then ends the send
         if self._thread is None:
             self._start()
         if batch_ready and not self._wake.is_set():
@@ -149,7 +207,7 @@ class Worker:
                 return True
             self._flush_upto = max(self._flush_upto, target)
         if not self._ensure_thread():
-            self._ship_inline()
+            self._ship_inline(timeout)
         self._wake.set()
         with self._finished_changed:
             done = self._finished_changed.wait_for(lambda: self._finished >= target, timeout)
@@ -165,6 +223,7 @@ class Worker:
             self._flush_upto = self._accepted
             given_up_before = self.given_up
         self._wake.set()
+        self._cancel.set()  # cuts a backoff wait short: the transport retries now, within the deadline
         thread = self._thread
         if thread is not None and thread.is_alive():
             thread.join(max(0.0, self._deadline - time.monotonic()) + JOIN_MARGIN)
@@ -180,6 +239,8 @@ class Worker:
         """In a forked child: the parent's queue, thread and connections are the parent's, not ours."""
         self._init_state()
         self._transport.reset_after_fork()
+        if self._spool is not None:
+            self._spool.reset_after_fork()
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -189,6 +250,8 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
     def _start(self) -> None:
+        if interpreter_exiting():  # checked before the lock too: an inline ship may hold it (emit never waits)
+            return
         with self._start_lock:
             if self._thread is not None or self._closing or interpreter_exiting():
                 return  # never start a thread while the interpreter exits; close() ships inline
@@ -199,11 +262,20 @@ class Worker:
                 return
             self._thread = thread
 
-    def _ship_inline(self) -> None:
+    def _ship_inline(self, timeout: Optional[float] = None) -> None:
         """Ship from the calling thread: only when no worker thread can run (e.g. during exit)."""
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
-                self._ship(force=True)
+                self._inline_deadline = None if timeout is None else time.monotonic() + timeout
+                try:
+                    self._ship(force=True)
+                finally:
+                    self._inline_deadline = None
+
+    def _current_deadline(self) -> Optional[float]:
+        """The earliest of close()'s deadline and an inline flush's, read by the transport before each step."""
+        deadlines = [d for d in (self._deadline, self._inline_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def _run(self) -> None:
         while True:
@@ -211,8 +283,13 @@ class Worker:
             self._wake.clear()
             if not self._ship(force=not woken):
                 return
+            if self._spool is not None:
+                self._drain_spool(self._spool)
 
     def is_worker_thread(self) -> bool:
+        """True in the worker thread, and in any thread while it sends for us (an inline ship at exit)."""
+        if getattr(self._sending, "active", False):
+            return True
         return self._thread is not None and threading.current_thread() is self._thread
 
     def _ship(self, force: bool) -> bool:
@@ -246,8 +323,12 @@ class Worker:
         return items, size
 
     def _deliver(self, items: list[bytes], size: int) -> None:
+        if self._outage and self._spool is not None:  # the endpoint is failing: straight to the spool
+            self._finish(items, size, DeliveryError("the endpoint is unavailable (outage mode)", retryable=True))
+            return
+        self._send_until = time.monotonic() + SPOOL_AFTER if self._spool is not None else None
         try:
-            self._transport.send(Batch(items, size), deadline=self._deadline, cancel=self._cancel)
+            self._send_live(Batch(items, size))
         except PayloadTooLargeError as error:
             if len(items) > 1:  # the endpoint's limit is lower than ours: halve and resend
                 half = len(items) // 2
@@ -261,6 +342,14 @@ class Worker:
             self._finish(items, size, DeliveryError(f"unexpected error while sending: {error!r}"))
         else:
             self._finish(items, size, None)
+
+    def _send(self, batch: Batch) -> None:
+        sending = self._sending
+        sending.active = True  # what requests/urllib3 log from here on is about our send
+        try:
+            self._transport.send(batch, deadline=self._send_deadline, cancel=self._cancel)
+        finally:
+            sending.active = False
 
     def _finish(self, items: list[bytes], size: int, error: Optional[DeliveryError]) -> None:
         if error is not None:
@@ -280,7 +369,140 @@ class Worker:
                 self.given_up += count
                 self._last_failed = self._finished
             self._finished_changed.notify_all()
+        if self._spool is not None:
+            if error is None:
+                if self._outage or self._spool_failures:
+                    self._spool_failures = 0
+                    self._spool_due = 0.0  # the endpoint answers again: drain the spool now
+                self._outage = False
+            elif worth_spooling(error) and not self._outage:
+                self._spool_failed()
 
     def _transport_close_if_idle(self, thread: Optional[threading.Thread]) -> None:
         if thread is None or not thread.is_alive():
             self._transport.close()
+            if self._spool is not None:
+                self._spool.close()
+
+    # -- the spool (optional) ------------------------------------------------------------------
+
+    def resume_spool(self) -> None:
+        """Start the thread now when the spool holds events (from an earlier outage or process)."""
+        if self._spool is None or interpreter_exiting():
+            return
+        try:
+            rows = self._spool.pending()[0]
+        except SpoolUnavailable:
+            return
+        if rows:
+            self._start()
+
+    def _over_high_water(self) -> bool:
+        """Half the memory bound is in use (plain ints: also read without the lock)."""
+        return self._held * 2 >= self._max_events or self._held_bytes * 2 >= self._max_bytes
+
+    def _send_live(self, batch: Batch) -> None:
+        with self._lock:
+            self._live_send = True
+            self._cut_short = False
+            self._deadline_reads = 0
+        try:
+            self._send(batch)
+        finally:
+            with self._lock:
+                self._live_send = False
+                if self._spilling:
+                    self._spilling = False
+                    if not self._closing:  # close() sets the event after setting _closing
+                        self._cancel.clear()
+
+    def _send_deadline(self) -> Optional[float]:
+        """What bounds a send: close()'s and an inline flush's deadline; with a spool also the send's
+        own limit (SPOOL_AFTER), and close() keeps SPOOL_RESERVE for writing the rest to the spool.
+        Once an attempt has failed while the queue is past its high-water mark: now (the batch goes
+        to the spool at once rather than waiting out retries while new events have no room)."""
+        limit = self._current_deadline()
+        if self._spool is None:
+            return limit
+        self._deadline_reads += 1
+        if self._live_send and self._deadline_reads > 1 and self._over_high_water():
+            self._cut_short = True
+            return time.monotonic()
+        if limit is not None:
+            limit -= SPOOL_RESERVE
+        own = self._send_until
+        if own is None:
+            return limit
+        return own if limit is None else min(own, limit)
+
+    def _spool_failed(self) -> None:
+        """The endpoint failed: outage mode, and the next look at the spool after a growing backoff."""
+        self._outage = True
+        delay = min(SPOOL_RETRY_CAP, SPOOL_RETRY_BASE * 2 ** min(self._spool_failures, 30))
+        self._spool_failures += 1
+        self._spool_due = time.monotonic() + random.uniform(delay / 2, delay)
+
+    def _drain_spool(self, spool: Spool) -> None:
+        """Send spooled batches while no live batch waits; ack on a 2xx, release (and back off) otherwise."""
+        while not self._closing and time.monotonic() >= self._spool_due:
+            with self._lock:
+                if self._queue and (self._full_batch_waiting() or self._flush_upto > self._taken):
+                    return  # live events first; the next wake comes back here
+            try:
+                claim = spool.claim(self._spool_claim_limit, self._body_room)
+            except SpoolUnavailable:  # reported by the spool
+                claim = None
+            if claim is None:
+                self._outage = False  # nothing to probe with: live batches find out for themselves
+                self._spool_due = time.monotonic() + SPOOL_POLL_INTERVAL
+                return
+            if not self._send_claim(spool, claim):
+                return
+
+    def _send_claim(self, spool: Spool, claim: Claim) -> bool:
+        # In outage mode this is a probe: one request's time, then back off (the worker's backoff, not
+        # the transport's retries, paces probes). The high-water mark cuts it short like a live send.
+        limit = min(SPOOL_AFTER, self._transport.timeout) if self._outage else SPOOL_AFTER
+        self._send_until = time.monotonic() + limit
+        try:
+            self._send_live(Batch(claim.messages, claim.size))
+        except DeliveryError as error:
+            self._after_failed_claim(spool, claim, error)
+            return False
+        except Exception as error:  # a bug or an unexpected library error must not kill the thread
+            self._after_failed_claim(spool, claim, DeliveryError(f"unexpected error while sending: {error!r}"))
+            return False
+        finally:
+            self._send_until = None
+        try:
+            spool.ack(claim)
+        except SpoolUnavailable:  # the rows stay leased until the lease runs out, then go again
+            pass
+        with self._lock:
+            self.spool_delivered += len(claim)
+            self.batches += 1
+        self._outage = False
+        self._spool_failures = 0
+        self._spool_claim_limit = self._flush_at
+        return True
+
+    def _after_failed_claim(self, spool: Spool, claim: Claim, error: DeliveryError) -> None:
+        try:
+            if self._cut_short:  # live events are piling up: they go first; this claim waits its turn
+                spool.release(claim)
+                return
+            if isinstance(error, PayloadTooLargeError) and len(claim) > 1:
+                spool.release(claim)  # the endpoint's limit is lower than ours: smaller claims
+                self._spool_claim_limit = max(1, len(claim) // 2)
+                return
+            if worth_spooling(error) or not error.status:
+                spool.release(claim)
+                self._spool_failed()
+                return
+            spool.discard(claim)  # refused as invalid: sending them again would fail again
+        except SpoolUnavailable:
+            return
+        try:
+            self._on_give_up(claim.messages, error)
+        except Exception:
+            pass
