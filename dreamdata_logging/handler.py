@@ -199,9 +199,9 @@ class DreamdataHandler(logging.Handler):
         return result
 
     def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "dreamdata", None)
+        event = record.__dict__.get("dreamdata")  # where extra= puts it; cheaper than getattr for plain logs
         # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
-        if event is None or _is_own(record.name) or self._worker.is_worker_thread():
+        if event is None or record.name.startswith("dreamdata_logging") or self._worker.is_worker_thread():
             self._worker.tally("skipped")
             return
         try:
@@ -361,11 +361,6 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
         for key, value in record.__dict__.items()
         if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
     }
-
-
-def _is_own(logger_name: str) -> bool:
-    """The library's own loggers (``dreamdata_logging`` and below): their records are never events."""
-    return logger_name == "dreamdata_logging" or logger_name.startswith("dreamdata_logging.")
 
 
 def _safe_text(error: BaseException) -> str:

@@ -6,6 +6,7 @@ import base64
 import email.utils
 import gzip as gzip_module
 import ipaddress
+import os
 import platform
 import random
 import threading
@@ -130,6 +131,7 @@ class Transport:
         if gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._session: Optional[requests.Session] = None
+        self._verify: Union[bool, str] = verify
         self.requests_sent = 0
         self.retries = 0
         self.bytes_sent = 0
@@ -141,8 +143,16 @@ class Transport:
         if self._session is None:
             session = requests.Session()
             session.headers.update(self._headers)
+            # Read the proxy and CA-bundle environment once, as requests would, instead of on every
+            # request (requests re-scans the whole environment per request when trust_env is on).
+            session.trust_env = False
+            no_proxy = (self.proxies or {}).get("no_proxy")
+            session.proxies.update(requests.utils.get_environ_proxies(self.endpoint, no_proxy=no_proxy))
             if self.proxies:
                 session.proxies.update(self.proxies)
+            self._verify = self.verify
+            if self.verify is True:
+                self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             self._session = session
         return self._session
 
@@ -212,7 +222,7 @@ class Transport:
         payload = gzip_module.compress(body, 6) if self.gzip else body
         try:
             response = self._get_session().post(
-                self.endpoint, data=payload, auth=self._auth, timeout=timeout, verify=self.verify
+                self.endpoint, data=payload, auth=self._auth, timeout=timeout, verify=self._verify
             )
         except requests.RequestException as exc:
             return DeliveryError(f"network error: {type(exc).__name__}: {_excerpt(str(exc))}", retryable=True), None

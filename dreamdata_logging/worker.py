@@ -125,19 +125,24 @@ class Worker:
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._cancel = threading.Event()
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] = deque()  # what callers appended since the thread last looked
         self._queued_bytes = 0  # bytes waiting in _queue
+        # The thread's own side: taken off _queue in one O(1) swap, then cut into batches without the
+        # lock, so a caller never waits behind a long hold (which, with the GIL, stalls it for ms).
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
         self._held = 0  # events in memory: waiting plus in flight
         self._held_bytes = 0
         # Sequence numbers: events are accepted, taken and finished in order.
         self._accepted = 0
-        self._taken = 0
+        self._batched = 0
         self._finished = 0
         self._last_failed = 0
         self._flush_upto = 0
         self._deadline: Optional[float] = None
         self._inline_deadline: Optional[float] = None  # flush(timeout) shipping from the caller's thread
-        self._sending = threading.local()  # .active: this thread is inside a send (its records are ours)
+        # Threads whose records are ours: the worker thread, and any thread while it sends for us.
+        self._own_threads: set[int] = set()
         self._thread: Optional[threading.Thread] = None
         # Spool state (see SPOOL_AFTER): outage mode, when to look at the spool next, failed probes in a row.
         self._outage = False
@@ -278,6 +283,7 @@ class Worker:
         return min(deadlines) if deadlines else None
 
     def _run(self) -> None:
+        self._own_threads.add(threading.get_ident())
         while True:
             woken = self._wake.wait(self._flush_interval)
             self._wake.clear()
@@ -288,38 +294,46 @@ class Worker:
 
     def is_worker_thread(self) -> bool:
         """True in the worker thread, and in any thread while it sends for us (an inline ship at exit)."""
-        if getattr(self._sending, "active", False):
-            return True
-        return self._thread is not None and threading.current_thread() is self._thread
+        return threading.get_ident() in self._own_threads
 
     def _ship(self, force: bool) -> bool:
         """Send batches while there is a full one (or any, when forced). False once closing and empty."""
         while True:
             with self._lock:
-                if not self._queue:
-                    return not self._closing
-                wanted = force or self._closing or self._flush_upto > self._taken
-                if not wanted and not self._full_batch_waiting():
-                    return True
-                items, size = self._take_batch()
+                arrived, self._queue = self._queue, deque()
+                self._queued_bytes = 0
+                closing = self._closing
+                wanted = force or closing or self._flush_upto > self._batched
+            if arrived:
+                self._pending.extend(arrived)
+                self._pending_bytes += sum(map(len, arrived))
+            if not self._pending:
+                return not closing
+            if not wanted and not self._full_batch_pending():
+                return True
+            items, size = self._take_batch()
             self._deliver(items, size)
 
-    def _full_batch_waiting(self) -> bool:
+    def _full_batch_queued(self) -> bool:
         count = len(self._queue)
         return count >= self._flush_at or self._queued_bytes + count - 1 > self._body_room
 
+    def _full_batch_pending(self) -> bool:
+        count = len(self._pending)
+        return count >= self._flush_at or self._pending_bytes + count - 1 > self._body_room
+
     def _take_batch(self) -> tuple[list[bytes], int]:
-        queue, room, limit = self._queue, self._body_room, self._flush_at
+        pending, room, limit = self._pending, self._body_room, self._flush_at
         items: list[bytes] = []
         size = 0
-        while queue and len(items) < limit:
-            length = len(queue[0])
+        while pending and len(items) < limit:
+            length = len(pending[0])
             if items and size + length + len(items) > room:
                 break
-            items.append(queue.popleft())
+            items.append(pending.popleft())
             size += length
-        self._queued_bytes -= size
-        self._taken += len(items)
+        self._pending_bytes -= size
+        self._batched += len(items)
         return items, size
 
     def _deliver(self, items: list[bytes], size: int) -> None:
@@ -344,12 +358,14 @@ class Worker:
             self._finish(items, size, None)
 
     def _send(self, batch: Batch) -> None:
-        sending = self._sending
-        sending.active = True  # what requests/urllib3 log from here on is about our send
+        ident = threading.get_ident()
+        worker_thread = ident in self._own_threads
+        self._own_threads.add(ident)  # what requests/urllib3 log from here on is about our send
         try:
             self._transport.send(batch, deadline=self._send_deadline, cancel=self._cancel)
         finally:
-            sending.active = False
+            if not worker_thread:
+                self._own_threads.discard(ident)
 
     def _finish(self, items: list[bytes], size: int, error: Optional[DeliveryError]) -> None:
         if error is not None:
@@ -446,7 +462,9 @@ class Worker:
         """Send spooled batches while no live batch waits; ack on a 2xx, release (and back off) otherwise."""
         while not self._closing and time.monotonic() >= self._spool_due:
             with self._lock:
-                if self._queue and (self._full_batch_waiting() or self._flush_upto > self._taken):
+                if (self._queue or self._pending) and (
+                    self._full_batch_pending() or self._full_batch_queued() or self._flush_upto > self._batched
+                ):
                     return  # live events first; the next wake comes back here
             try:
                 claim = spool.claim(self._spool_claim_limit, self._body_room)
