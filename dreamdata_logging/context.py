@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from .events import Id
+from .events import Id, _check_id, _check_mapping
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,20 +29,6 @@ _TOKENS: contextvars.ContextVar[tuple[contextvars.Token[Optional[Mapping[str, An
 
 #: What the handler calls at every emit: the current bindings or None (one ContextVar lookup).
 current: Callable[[], Optional[Mapping[str, Any]]] = _BOUND.get
-
-
-def _check_id(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"{name} must be a str or int, not {type(value).__name__}")
-    if value == "":
-        raise ValueError(f"{name} must not be empty")
-
-
-def _check_mapping(name: str, value: Any) -> None:
-    if value is not None and not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a mapping, not {type(value).__name__}")
 
 
 def bound() -> dict[str, Any]:
@@ -83,10 +69,14 @@ class bind:  # noqa: N801 - used like a function: ``with bind(user_id=...)``
         context: Optional[Mapping[str, Any]] = None,
         integrations: Optional[Mapping[str, Any]] = None,
     ) -> None:
-        _check_id("user_id", user_id)
-        _check_id("anonymous_id", anonymous_id)
-        _check_mapping("context", context)
-        _check_mapping("integrations", integrations)
+        for name, value, check in (
+            ("user_id", user_id, _check_id),
+            ("anonymous_id", anonymous_id, _check_id),
+            ("context", context, _check_mapping),
+            ("integrations", integrations, _check_mapping),
+        ):
+            if value is not None:  # None binds nothing
+                check(name, value)
         fields: dict[str, Any] = {}
         if user_id is not None:
             fields["userId"] = user_id if isinstance(user_id, str) else str(user_id)
