@@ -34,8 +34,15 @@ def emit(prefix: str, count: int) -> None:
         log.info("Fork", extra=track(user_id=f"{prefix}-{i}"))
 
 
+def say(document: object) -> None:
+    # One write of one line: parent and children share stdout, and print() may write in pieces
+    # that interleave between processes.
+    sys.stdout.flush()
+    os.write(1, (json.dumps(document) + "\n").encode())
+
+
 def report(who: str) -> None:
-    print(json.dumps({"who": who, "pid": os.getpid(), "stats": handler.stats()}), flush=True)
+    say({"who": who, "pid": os.getpid(), "stats": handler.stats()})
 
 
 def wait_child(pid: int) -> int:
@@ -63,7 +70,7 @@ if mode in ("os-fork", "in-flight"):
     code = wait_child(pid)
     emit("parent-after", 2)
     report("parent")
-    print(json.dumps({"child_exit": code}), flush=True)
+    say({"child_exit": code})
 elif mode == "multiprocessing":
     emit("parent", 2)
     context = multiprocessing.get_context("fork")
@@ -72,7 +79,7 @@ elif mode == "multiprocessing":
         child.start()
     for child in children:
         child.join(30)
-    print(json.dumps({"child_exit": [c.exitcode for c in children]}), flush=True)
+    say({"child_exit": [c.exitcode for c in children]})
 elif mode == "stress":
     stop = threading.Event()
 
@@ -93,4 +100,4 @@ elif mode == "stress":
         codes.append(wait_child(pid))
     stop.set()
     busy.join(30)
-    print(json.dumps({"child_exit": codes}), flush=True)
+    say({"child_exit": codes})
