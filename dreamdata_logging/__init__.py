@@ -7,11 +7,11 @@ logging.getLogger().addHandler(DreamdataHandler("WRITE_KEY"))
 logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
 """
 
+from ._context import bind
+from ._events import alias, group, identify, page, screen, track
+from ._handler import DreamdataHandler
 from ._version import __version__
-from .context import bind
 from .errors import DeliveryError, DreamdataError, InvalidEventError, PayloadTooLargeError
-from .events import alias, group, identify, page, screen, track
-from .handler import DreamdataHandler
 
 __all__ = [
     "DeliveryError",

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from dreamdata_logging import DreamdataHandler
-from dreamdata_logging.collector import Collector
+from dreamdata_logging.tools.collector import Collector
 
 WRITE_KEY = "test-write-key-7c1f"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import pytest
 import requests
 
-from dreamdata_logging.collector import (
+from dreamdata_logging.tools.collector import (
     MAX_BODY_BYTES,
     MAX_MESSAGE_BYTES,
     Collector,

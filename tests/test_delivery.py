@@ -28,12 +28,12 @@ import pytest
 import requests
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
-from dreamdata_logging import transport as transport_module
-from dreamdata_logging import worker as worker_module
-from dreamdata_logging.collector import Collector, Fault
+from dreamdata_logging import _transport as transport_module
+from dreamdata_logging import _worker as worker_module
+from dreamdata_logging._transport import InsecureEndpointWarning, Transport, retry_after_seconds
+from dreamdata_logging._wire import Batch
 from dreamdata_logging.errors import PayloadTooLargeError
-from dreamdata_logging.message import Batch
-from dreamdata_logging.transport import InsecureEndpointWarning, Transport, retry_after_seconds
+from dreamdata_logging.tools.collector import Collector, Fault
 
 from .conftest import WRITE_KEY
 

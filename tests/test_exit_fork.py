@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import pytest
 
-from dreamdata_logging.collector import Collector, Fault
+from dreamdata_logging.tools.collector import Collector, Fault
 
 from .test_delivery import closed_port_url
 

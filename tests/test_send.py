@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from dreamdata_logging import cli, send
-from dreamdata_logging.collector import Collector, Fault
-from dreamdata_logging.message import MAX_BODY_BYTES
+from dreamdata_logging._wire import MAX_BODY_BYTES
+from dreamdata_logging.tools import cli, send
+from dreamdata_logging.tools.collector import Collector, Fault
 
 from .conftest import WRITE_KEY
 
@@ -258,7 +258,7 @@ def test_stdin_and_python_dash_m_entry(collector, tmp_path):
 MEASURE = textwrap.dedent(
     """
     import resource, sys
-    from dreamdata_logging.send import send_file
+    from dreamdata_logging.tools.send import send_file
     code = send_file(sys.argv[1], write_key=sys.argv[2], endpoint=sys.argv[3], quiet=True)
     print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     """

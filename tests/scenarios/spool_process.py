@@ -19,7 +19,9 @@ import os
 import signal
 import sys
 
-from dreamdata_logging import DreamdataHandler, track, transport, worker
+from dreamdata_logging import DreamdataHandler, track
+from dreamdata_logging import _transport as transport
+from dreamdata_logging import _worker as worker
 
 transport.BACKOFF_BASE = 0.01
 transport.BACKOFF_CAP = 0.05

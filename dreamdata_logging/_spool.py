@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Callable, Optional, TypeVar, Union
 
-from .diagnostics import RateLimitedReporter
+from ._diagnostics import RateLimitedReporter
 from .errors import DeliveryError
 
 #: Default bound on the bytes of messages held in the spool (the file itself is somewhat larger).

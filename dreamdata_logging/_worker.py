@@ -17,10 +17,10 @@ import weakref
 from collections import deque
 from typing import Callable, Optional
 
+from ._spool import Claim, Spool, SpoolUnavailable, worth_spooling
+from ._transport import Transport
+from ._wire import MAX_BODY_BYTES, Batch, body_size
 from .errors import DeliveryError, PayloadTooLargeError
-from .message import MAX_BODY_BYTES, Batch, body_size
-from .spool import Claim, Spool, SpoolUnavailable, worth_spooling
-from .transport import Transport
 
 #: Seconds ``close()`` waits beyond its deadline for the thread's last request to end.
 JOIN_MARGIN = 1.0

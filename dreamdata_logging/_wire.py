@@ -1,16 +1,17 @@
-"""Log record to message bytes, and messages to request bodies: the wire format (CONTRACT section 1)."""
+"""The wire format of ``POST /v1/batch``: limits, field rules, ids, timestamps and request bodies.
+
+One place for the rules that the handler, the local collector and ``dreamdata-logging send`` share.
+"""
 
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from . import encoding
 from ._version import __version__
 from .errors import InvalidEventError
 
@@ -118,85 +119,6 @@ def describe(message: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def build_message(
-    event: Any,
-    record: logging.LogRecord,
-    defaults: Optional[Mapping[str, Any]] = None,
-    extra_fields: Optional[Mapping[str, Any]] = None,
-) -> bytes:
-    """Turn the ``dreamdata`` mapping of ``record`` into one serialised message.
-
-    ``defaults`` (from :func:`dreamdata_logging.bind`) fill fields the event leaves out;
-    ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones.
-    Raises :class:`InvalidEventError` naming the reason; never modifies ``event``.
-    """
-    if type(event) is not dict and not isinstance(event, Mapping):
-        raise InvalidEventError(f"the 'dreamdata' attribute must be a mapping, not {type(event).__name__}")
-    message: dict[str, Any] = {"type": "track", "messageId": None, "timestamp": None}
-    if defaults:
-        message.update(defaults)
-    message.update(event)
-    kind = message["type"]
-    if type(kind) is not str or kind not in REQUIRED_FIELDS:
-        raise InvalidEventError(
-            f"unknown type {_show(kind)}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
-        )
-    if kind == "track" and "event" not in message:
-        message["event"] = record.getMessage()
-
-    try:
-        for field in MAPPING_FIELDS:
-            value = message.get(field, message)  # the message itself stands for "absent"
-            if value is message or type(value) is dict:
-                continue
-            if value is None:
-                del message[field]
-            elif not isinstance(value, Mapping):
-                raise InvalidEventError(f"{field} must be a mapping, not {type(value).__name__}")
-        if defaults and "context" in defaults and event.get("context") is not None:
-            message["context"] = {**defaults["context"], **event["context"]}
-        if extra_fields:
-            target = "traits" if kind in ("identify", "group") else "properties"
-            message[target] = {**extra_fields, **message.get(target, {})}
-
-        for field in ID_FIELDS:
-            value = message.get(field)
-            if value is not None and type(value) is not str:
-                message[field] = _id_text(field, value)
-        if not (message.get("userId") or message.get("anonymousId")):
-            raise InvalidEventError("needs a userId or an anonymousId")
-
-        for field in REQUIRED_FIELDS[kind]:
-            value = message.get(field)
-            if not isinstance(value, str) or not value:
-                raise InvalidEventError(f"{kind} needs {field} as a non-empty string")
-
-        if message["messageId"] is None:
-            message["messageId"] = new_message_id()
-        elif type(message["messageId"]) is not str:
-            message["messageId"] = str(encoding.convert(message["messageId"]))
-        if message["messageId"] == "":  # the endpoint would refuse the whole batch over it
-            raise InvalidEventError("messageId must not be empty")
-        if message["timestamp"] is None:
-            message["timestamp"] = format_timestamp(int(record.created), int(record.msecs))
-        else:
-            message["timestamp"] = user_timestamp(message["timestamp"])
-
-        context = message.get("context")
-        message["context"] = {**context, "library": LIBRARY} if context else _LIBRARY_ONLY
-
-        data = encoding.dumps(message)
-    except InvalidEventError as error:
-        if error.event == "event":
-            raise InvalidEventError(error.reason, describe(message)) from None
-        raise
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise InvalidEventError(
-            f"{len(data):,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}", describe(message)
-        )
-    return data
-
-
 class Batch:
     """Serialised messages that travel in one request; the envelope id is fixed, ``sentAt`` is per attempt."""
 
@@ -250,7 +172,7 @@ def is_wire_timestamp(value: Any) -> bool:
 
 
 def wire_problem(message: Any) -> Optional[str]:
-    """What is wrong with one decoded message as it would travel (CONTRACT section 1), or None.
+    """What is wrong with one decoded message as it would travel, or None.
 
     Checks type, ``messageId``, ``timestamp``, identity, each type's required fields and the mapping
     fields; not the serialised size (see :data:`MAX_MESSAGE_BYTES`).
@@ -279,3 +201,4 @@ def wire_problem(message: Any) -> Optional[str]:
         if key in message and not isinstance(message[key], dict):
             return f"'{key}' must be an object, not {_show(message[key])}"
     return None
+

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from .events import Id, _check_id, _check_mapping
+from ._events import Id, _check_id, _check_mapping
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,15 +13,16 @@ from typing import Any, Callable, Optional, Union
 
 from pythonjsonlogger.core import RESERVED_ATTRS as _JSON_LOGGER_RESERVED
 
-from . import message as wire
+from . import _message as wire
 from . import testing as _testing
-from .context import current as _current_bindings
-from .diagnostics import RateLimitedReporter
+from ._context import current as _current_bindings
+from ._diagnostics import RateLimitedReporter
+from ._spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
+from ._spool import Spool, SpoolUnavailable, worth_spooling
+from ._transport import DEFAULT_ENDPOINT, Transport
+from ._wire import MAX_MESSAGE_BYTES
+from ._worker import Worker, interpreter_exiting
 from .errors import DeliveryError, InvalidEventError
-from .spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
-from .spool import Spool, SpoolUnavailable, worth_spooling
-from .transport import DEFAULT_ENDPOINT, Transport
-from .worker import Worker, interpreter_exiting
 
 #: Record attributes that are never ``extra`` keys: python-json-logger's reserved set, what this
 #: Python's LogRecord sets itself, and what formatting adds later (``message``, ``asctime``).
@@ -146,7 +147,7 @@ class DreamdataHandler(logging.Handler):
         self.flush_at = _as_number("flush_at", flush_at, int, 1)
         self.flush_interval = _as_number("flush_interval", flush_interval, float, 0.001)
         self.max_queue_size = _as_number("max_queue_size", max_queue_size, int, 1)
-        self.max_queue_bytes = _as_number("max_queue_bytes", max_queue_bytes, int, wire.MAX_MESSAGE_BYTES)
+        self.max_queue_bytes = _as_number("max_queue_bytes", max_queue_bytes, int, MAX_MESSAGE_BYTES)
         self.shutdown_timeout = _as_number("shutdown_timeout", shutdown_timeout, float, 0)
         self.send = _as_bool("send", send)
         self.on_error = _as_callable("on_error", on_error)
@@ -161,7 +162,7 @@ class DreamdataHandler(logging.Handler):
             proxies=_as_proxies(proxies),
         )
         spool_path = _as_path("spool", spool)
-        self.spool_max_bytes = _as_number("spool_max_bytes", spool_max_bytes, int, wire.MAX_MESSAGE_BYTES)
+        self.spool_max_bytes = _as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
         self._spool = Spool(spool_path, self.spool_max_bytes) if spool_path else None
         self._worker = Worker(
             self._transport,

@@ -1,4 +1,4 @@
-"""``dreamdata-logging send FILE``: send a file of ready-made messages to the batch endpoint (CONTRACT section 4).
+"""``dreamdata-logging send FILE``: send a file of ready-made messages to the batch endpoint.
 
 The file is a batch document (``{"batch": [message, ...]}``, as in Dreamdata's example) or JSON lines
 (one message per line). Both are read as a stream: memory stays bounded by one request body
@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Callable, Optional, TextIO
 
-from .errors import DeliveryError, InvalidEventError
-from .message import (
+from .._transport import DEFAULT_ENDPOINT, Transport
+from .._wire import (
     ID_FIELDS,
     MAX_BODY_BYTES,
     MAX_MESSAGE_BYTES,
@@ -39,7 +39,7 @@ from .message import (
     user_timestamp,
     wire_problem,
 )
-from .transport import DEFAULT_ENDPOINT, Transport
+from ..errors import DeliveryError, InvalidEventError
 
 DEFAULT_TIMEOUT = 10.0  # the handler's defaults: the same retry policy
 DEFAULT_MAX_RETRIES = 8

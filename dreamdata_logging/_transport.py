@@ -19,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from ._version import __version__
+from ._wire import Batch
 from .errors import DeliveryError, PayloadTooLargeError
-from .message import Batch
 
 DEFAULT_ENDPOINT = "https://api.dreamdata.cloud/v1/batch"
 USER_AGENT = (
@@ -96,7 +96,7 @@ def _excerpt(text: str, limit: int = 200) -> str:
 
 
 class Transport:
-    """Sends :class:`~dreamdata_logging.message.Batch` es over one keep-alive ``requests.Session``.
+    """Sends :class:`~dreamdata_logging._message.Batch` es over one keep-alive ``requests.Session``.
 
     Used from one thread at a time (the handler's worker). Counters are plain ints for that reason.
     """

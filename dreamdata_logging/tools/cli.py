@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Optional
 
-from . import DreamdataHandler, alias, group, identify, page, screen, track
-from ._version import __version__
+from .. import DreamdataHandler, alias, group, identify, page, screen, track
+from .._version import __version__
 from .collector import Collector, run_collector
 
 DEMO_WRITE_KEY = "demo-write-key"

@@ -1,4 +1,4 @@
-"""A local stand-in for Dreamdata's ``POST /v1/batch`` (CONTRACT sections 1 and 4).
+"""A local stand-in for Dreamdata's ``POST /v1/batch``.
 
 It checks what the real endpoint checks (auth, JSON, the 500,000-byte body limit, each message) and
 answers as it would: 200 ``{"success": true}``, or 400/401/404/405/413 with ``{"error": "<reason>"}``.
@@ -29,8 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from .message import is_wire_timestamp as _is_timestamp
-from .message import wire_problem as _message_problem
+from .._wire import is_wire_timestamp as _is_timestamp
+from .._wire import wire_problem as _message_problem
 
 __all__ = ["BATCH_PATH", "MAX_BODY_BYTES", "MAX_MESSAGE_BYTES", "Collector", "Fault", "RequestRecord", "run_collector"]
 

@@ -1,4 +1,4 @@
-"""Python values to compact UTF-8 JSON, converting what JSON lacks (CONTRACT section 2).
+"""Python values to compact UTF-8 JSON, converting what JSON lacks.
 
 The fast path hands the whole message to one C encoder call (orjson when installed,
 else the standard library's ``json``); only when that refuses (NaN, odd keys, lone
