@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Union
 
 from pythonjsonlogger.core import RESERVED_ATTRS as _JSON_LOGGER_RESERVED
 
+from . import _lifecycle
 from . import _message as wire
 from . import testing as _testing
 from ._context import current as _current_bindings
@@ -177,6 +178,7 @@ class DreamdataHandler(logging.Handler):
         self._reporter = RateLimitedReporter()
         self._closed = False
         self._close_lock = threading.Lock()
+        _lifecycle.register(self)
         if self._spool is not None and self.send:
             self._worker.resume_spool()  # events left by an earlier outage or process: send them now
 
