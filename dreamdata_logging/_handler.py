@@ -11,9 +11,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from pythonjsonlogger.core import RESERVED_ATTRS as _JSON_LOGGER_RESERVED
-
-from . import _lifecycle
+from . import _lifecycle, _record
 from . import _message as wire
 from . import testing as _testing
 from ._context import current as _current_bindings
@@ -24,12 +22,6 @@ from ._transport import DEFAULT_ENDPOINT, Transport
 from ._wire import MAX_MESSAGE_BYTES
 from ._worker import Worker, interpreter_exiting
 from .errors import DeliveryError, InvalidEventError
-
-#: Record attributes that are never ``extra`` keys: python-json-logger's reserved set, what this
-#: Python's LogRecord sets itself, and what formatting adds later (``message``, ``asctime``).
-RESERVED_RECORD_ATTRS = frozenset(
-    {*_JSON_LOGGER_RESERVED, *vars(logging.makeLogRecord({})), "message", "asctime", "taskName", "dreamdata"}
-)
 
 OnError = Callable[[BaseException, list[Any]], Any]
 
@@ -203,13 +195,21 @@ class DreamdataHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         event = record.__dict__.get("dreamdata")  # where extra= puts it; cheaper than getattr for plain logs
+        name = None
+        extra = None
+        if event is None:
+            found = _record.elsewhere(record)  # structlog's event dict, loguru's record.extra
+            if found is not None:
+                event, name, extra = found
+        elif self.include_extra:
+            extra = _record.extra_fields(record)
         # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
         if event is None or record.name.startswith("dreamdata_logging") or self._worker.is_worker_thread():
             self._worker.tally("skipped")
             return
         try:
             data = wire.build_message(
-                event, record, _current_bindings(), _extra_fields(record) if self.include_extra else None
+                event, record, _current_bindings(), extra if self.include_extra else None, name
             )
         except InvalidEventError as error:
             self._invalid(error, event)
@@ -355,15 +355,6 @@ class DreamdataHandler(logging.Handler):
             self.on_error(error, messages)
         except Exception as exc:
             self._reporter.report("on_error", f"on_error raised {_safe_text(exc)}")
-
-
-def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The record's ``extra`` keys besides ``dreamdata``: every attribute logging itself does not set."""
-    return {
-        key: value
-        for key, value in record.__dict__.items()
-        if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
-    }
 
 
 def _safe_text(error: BaseException) -> str:

@@ -29,11 +29,13 @@ def build_message(
     record: logging.LogRecord,
     defaults: Optional[Mapping[str, Any]] = None,
     extra_fields: Optional[Mapping[str, Any]] = None,
+    name: Optional[str] = None,
 ) -> bytes:
     """Turn the ``dreamdata`` mapping of ``record`` into one serialised message.
 
     ``defaults`` (from :func:`dreamdata_logging.bind`) fill fields the event leaves out;
-    ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones.
+    ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones;
+    ``name`` is a track's default ``event`` when it is not the record's formatted message.
     Raises :class:`InvalidEventError` naming the reason; never modifies ``event``.
     """
     if type(event) is not dict and not isinstance(event, Mapping):
@@ -48,7 +50,7 @@ def build_message(
             f"unknown type {_show(kind)}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
         )
     if kind == "track" and "event" not in message:
-        message["event"] = record.getMessage()
+        message["event"] = record.getMessage() if name is None else name
 
     try:
         for field in MAPPING_FIELDS:
@@ -89,7 +91,10 @@ def build_message(
             message["timestamp"] = user_timestamp(message["timestamp"])
 
         context = message.get("context")
-        message["context"] = {**context, "library": LIBRARY} if context else _LIBRARY_ONLY
+        if not context:
+            message["context"] = _LIBRARY_ONLY
+        elif "library" not in context:  # a library the user names is kept
+            message["context"] = {**context, "library": LIBRARY}
 
         data = encoding.dumps(message)
     except InvalidEventError as error:

@@ -68,9 +68,21 @@ def test_reference_example_rebuilt_through_logging(collector, make_handler, make
         assert list(got)[:3] == ["type", "messageId", "timestamp"]
         assert UUID4.match(got["messageId"])
         assert TIMESTAMP.match(got["timestamp"])
-        assert got["context"]["library"] == LIBRARY
-    # The example's own library entry is the caller's; ours replaces it on the wire, not in their dict.
-    assert expected_identify["context"]["library"] == {"name": "customer", "version": "v1"}
+        # The example's identify names its own library ({"name": "customer", "version": "v1"}): a library
+        # the caller gives is kept, as Dreamdata's own SDKs keep it; otherwise this library names itself.
+        assert got["context"]["library"] == want["context"].get("library", LIBRARY)
+    assert received[0]["context"]["library"] == {"name": "customer", "version": "v1"}
+
+
+def test_library_is_named_when_the_caller_names_none(collector, make_handler, make_logger):
+    handler = make_handler()
+    log = make_logger(handler)
+    log.info("a", extra=track(user_id="u1"))
+    log.info("b", extra=track(user_id="u1", context={"ip": "127.0.0.1"}))
+    assert handler.flush(timeout=10)
+    first, second = collector.received()
+    assert first["context"] == {"library": LIBRARY}
+    assert second["context"] == {"ip": "127.0.0.1", "library": LIBRARY}
 
 
 def test_reference_example_with_its_ids_and_timestamps(collector, make_handler, make_logger):
