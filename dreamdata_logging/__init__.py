@@ -10,6 +10,7 @@ logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
 from ._context import bind
 from ._events import alias, group, identify, page, screen, track
 from ._handler import DreamdataHandler
+from ._serverless import flush, flush_after
 from ._version import __version__
 from .errors import DeliveryError, DreamdataError, InvalidEventError, PayloadTooLargeError
 
@@ -22,6 +23,8 @@ __all__ = [
     "__version__",
     "alias",
     "bind",
+    "flush",
+    "flush_after",
     "group",
     "identify",
     "page",
