@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import os
 import sys
-import threading
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
-from . import _lifecycle, _record
+from . import _lifecycle as lifecycle
 from . import _message as wire
+from . import _options as options
+from . import _record
 from . import testing as _testing
+from ._budget import Deadlines
+from ._buffer import CLOSED, FULL, Buffer
 from ._context import current as _current_bindings
-from ._diagnostics import RateLimitedReporter
+from ._dispatch import Dispatcher
+from ._outage import SpoolDrain
+from ._problems import Counters, OnError, Problems, safe_text
 from ._spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
-from ._spool import Spool, SpoolUnavailable, worth_spooling
+from ._spool import Spool, SpoolUnavailable
 from ._transport import DEFAULT_ENDPOINT, Transport
-from ._wire import MAX_MESSAGE_BYTES
-from ._worker import Worker, interpreter_exiting
-from .errors import DeliveryError, InvalidEventError
-
-OnError = Callable[[BaseException, list[Any]], Any]
+from ._wire import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, body_size
+from ._worker import Worker
+from .errors import InvalidEventError
 
 DEFAULT_FLUSH_AT = 2000
 DEFAULT_FLUSH_INTERVAL = 1.0
@@ -32,75 +33,6 @@ DEFAULT_MAX_QUEUE_BYTES = 50_000_000
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 8
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", "", "none"}
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in _TRUE | _FALSE:
-            return word in _TRUE
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def _as_number(name: str, value: Any, kind: Callable[[Any], Any], minimum: float) -> Any:
-    try:
-        number = kind(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {number}")
-    return number
-
-
-def _as_verify(value: Any) -> Union[bool, str]:
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return _as_bool("verify", value)
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    return bool(value)
-
-
-def _as_path(name: str, value: Any) -> Optional[str]:
-    """A file path, or None for None / "" / "none" (from a config file)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    raise ValueError(f"{name} must be a file path, got {type(value).__name__}")
-
-
-def _as_proxies(value: Any) -> Optional[dict[str, str]]:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):  # one proxy URL for both schemes, or a JSON object
-        text = value.strip()
-        return (
-            {str(k): str(v) for k, v in json.loads(text).items()}
-            if text.startswith("{")
-            else {"http": text, "https": text}
-        )
-    if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
-    raise ValueError(f"proxies must be a mapping like {{'https': 'http://proxy:3128'}}, got {type(value).__name__}")
-
-
-def _as_callable(name: str, value: Any) -> Optional[OnError]:
-    """A callable, or its import path as text (``"package.module:function"``) from a config file."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        module_name, _, attribute = value.replace(":", ".").rpartition(".")
-        try:
-            value = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ValueError(f"{name}: cannot import {value!r}: {exc}") from None
-    if not callable(value):
-        raise ValueError(f"{name} must be callable")
-    return value  # type: ignore[no-any-return]
 
 
 class DreamdataHandler(logging.Handler):
@@ -131,48 +63,62 @@ class DreamdataHandler(logging.Handler):
         include_extra: bool = False,
         spool: Union[None, str, os.PathLike[str]] = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        handle_sigterm: bool = True,
         level: Union[int, str] = logging.NOTSET,
     ) -> None:
         super().__init__(level)
         key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
         if not key or not isinstance(key, str):
             raise ValueError("DreamdataHandler needs a write key: pass write_key=... or set DREAMDATA_WRITE_KEY")
-        self.flush_at = _as_number("flush_at", flush_at, int, 1)
-        self.flush_interval = _as_number("flush_interval", flush_interval, float, 0.001)
-        self.max_queue_size = _as_number("max_queue_size", max_queue_size, int, 1)
-        self.max_queue_bytes = _as_number("max_queue_bytes", max_queue_bytes, int, MAX_MESSAGE_BYTES)
-        self.shutdown_timeout = _as_number("shutdown_timeout", shutdown_timeout, float, 0)
-        self.send = _as_bool("send", send)
-        self.on_error = _as_callable("on_error", on_error)
-        self.include_extra = _as_bool("include_extra", include_extra)
+        self.flush_at = options.as_number("flush_at", flush_at, int, 1)
+        self.flush_interval = options.as_number("flush_interval", flush_interval, float, 0.001)
+        self.max_queue_size = options.as_number("max_queue_size", max_queue_size, int, 1)
+        self.max_queue_bytes = options.as_number("max_queue_bytes", max_queue_bytes, int, MAX_MESSAGE_BYTES)
+        self.shutdown_timeout = options.as_number("shutdown_timeout", shutdown_timeout, float, 0)
+        self.send = options.as_bool("send", send)
+        self.on_error = options.as_callable("on_error", on_error)
+        self.include_extra = options.as_bool("include_extra", include_extra)
+        self.handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
         self._transport = Transport(
             endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
             key,
-            timeout=_as_number("timeout", timeout, float, 0.001),
-            max_retries=_as_number("max_retries", max_retries, int, 0),
-            gzip=_as_bool("gzip", gzip),
-            verify=_as_verify(verify),
-            proxies=_as_proxies(proxies),
+            timeout=options.as_number("timeout", timeout, float, 0.001),
+            max_retries=options.as_number("max_retries", max_retries, int, 0),
+            gzip=options.as_bool("gzip", gzip),
+            verify=options.as_verify(verify),
+            proxies=options.as_proxies(proxies),
         )
-        spool_path = _as_path("spool", spool)
-        self.spool_max_bytes = _as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
+        redactor = getattr(self._transport, "redactor", None)
+        self._scrub = redactor.scrub if redactor is not None else _unchanged
+        spool_path = options.as_path("spool", spool)
+        self.spool_max_bytes = options.as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
         self._spool = Spool(spool_path, self.spool_max_bytes) if spool_path else None
-        self._worker = Worker(
-            self._transport,
-            flush_at=self.flush_at,
-            flush_interval=self.flush_interval,
-            max_queue_size=self.max_queue_size,
-            max_queue_bytes=self.max_queue_bytes,
-            on_give_up=self._give_up,
-            spool=self._spool,
-        )
-        self._worker.close_at_exit = self.close  # a multiprocessing child skips atexit; see worker.py
-        self._reporter = RateLimitedReporter()
-        self._closed = False
-        self._close_lock = threading.Lock()
-        _lifecycle.register(self)
+        self.reopened = False
+        self._worker = self._new_worker(Counters())
+        lifecycle.register(self)
+        if self.handle_sigterm:
+            lifecycle.install_sigterm()
         if self._spool is not None and self.send:
-            self._worker.resume_spool()  # events left by an earlier outage or process: send them now
+            self._resume_spool()  # events left by an earlier outage or process: send them now
+
+    def _new_worker(self, counters: Counters) -> Worker:
+        """The delivery machinery of this process: buffer, dispatcher, thread (and the spool's drain)."""
+        self._counters = counters
+        self._problems = Problems(counters, self.on_error, self._scrub)
+        deadlines = Deadlines()
+        dispatcher = Dispatcher(self._transport, self._problems, deadlines, spool=self._spool)
+        body_room = MAX_BODY_BYTES - body_size(0, 0)
+        drain = None
+        if self._spool is not None:
+            drain = SpoolDrain(self._spool, dispatcher.outage, dispatcher.send_claim, self.flush_at, body_room)
+            drain.set_request_timeout(self._transport.timeout)
+        buffer = Buffer(
+            max_events=self.max_queue_size,
+            max_bytes=self.max_queue_bytes,
+            batch_events=self.flush_at,
+            body_room=body_room,
+        )
+        return Worker(buffer, dispatcher, deadlines, flush_interval=self.flush_interval, drain=drain)
 
     @property
     def endpoint(self) -> str:
@@ -203,93 +149,160 @@ class DreamdataHandler(logging.Handler):
                 event, name, extra = found
         elif self.include_extra:
             extra = _record.extra_fields(record)
+        worker = self._worker
+        if worker.pid != os.getpid():  # a new process, made without fork hooks (e.g. uWSGI)
+            lifecycle.in_new_process()
+            worker = self._worker
         # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
-        if event is None or record.name.startswith("dreamdata_logging") or self._worker.is_worker_thread():
-            self._worker.tally("skipped")
+        if event is None or record.name.startswith("dreamdata_logging") or worker.is_worker_thread():
+            self._counters.add("skipped")
             return
         try:
-            data = wire.build_message(
-                event, record, _current_bindings(), extra if self.include_extra else None, name
-            )
+            data = wire.build_message(event, record, _current_bindings(), extra if self.include_extra else None, name)
         except InvalidEventError as error:
             self._invalid(error, event)
             return
         except Exception as error:  # e.g. a __str__ that raises on both encoder paths
-            self._invalid(InvalidEventError(f"could not be serialised ({_safe_text(error)})"), event)
+            self._invalid(InvalidEventError(f"could not be serialised ({safe_text(error)})"), event)
             return
-        if _testing.active:  # a test is capturing (the dreamdata_events fixture): hand it over, send nothing
-            _testing.feed(data)
-            self._worker.tally("unsent")
+        if _testing.active or not self.send:  # a test is capturing (the dreamdata_events fixture), or send=False
+            if _testing.active:
+                _testing.feed(data)
+            self._counters.add("unsent")
             return
-        if not self.send:
-            self._worker.tally("unsent")
-            return
-        dropped = self._worker.put(data)
-        if dropped == "full":
-            self._reporter.report(
+        if worker.closing and not lifecycle.exiting():
+            worker = self._reopen()
+        status = worker.put(data)
+        if status == FULL:
+            self._problems.report(
                 "queue_full",
                 f"queue full ({self.max_queue_size:,} events or {self.max_queue_bytes:,} bytes): "
                 "new events are dropped until it drains (is the endpoint down or slow?)",
             )
-        elif dropped == "closed":
-            self._reporter.report("closed", "an event was emitted after the handler was closed; it was dropped")
+        elif status == CLOSED:
+            self._problems.report("closed", "an event was emitted after the handler was closed; it was dropped")
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
         """Wait until every event emitted before the call is delivered or given up on.
 
         Returns True when all of them were delivered. During interpreter exit (``logging.shutdown``)
-        this closes the handler instead, so exit never waits longer than ``shutdown_timeout``.
+        this closes the handler instead, so exit never waits longer than ``shutdown_timeout``. Called
+        with logging's own lock held (``dictConfig``, ``fileConfig``) or from the worker thread (an
+        ``on_error`` callback), it does not wait: the worker may need that lock, or is the caller.
         """
-        if interpreter_exiting() and timeout is None:
+        worker = self._worker
+        if worker.pid != os.getpid():
+            return True  # nothing of this process's is queued in the parent's worker
+        if lifecycle.exiting() and timeout is None:
             self.close()
-            return self._worker.queued == 0
-        return self._worker.flush(timeout)
+            return worker.buffer.empty
+        if lifecycle.logging_lock_held():
+            return worker.buffer.empty
+        return worker.flush(timeout)
 
     def close(self) -> None:
-        """Deliver what is queued within ``shutdown_timeout``, then stop. Safe to call twice."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+        """Deliver what is queued within ``shutdown_timeout``, then stop. Safe to call twice.
+
+        A handler closed by a reconfiguration but still attached to a logger reopens on its next event,
+        as ``logging.FileHandler`` does. Called with logging's lock held, it begins closing and returns;
+        the thread finishes delivering on its own within ``shutdown_timeout``.
+        """
+        worker = self._worker
         try:
-            spooled_before = self._worker.tallies.get("spool_written", 0)
-            undelivered = self._worker.close(self.shutdown_timeout)
-            spooled = self._worker.tallies.get("spool_written", 0) - spooled_before
-            undelivered = max(0, undelivered - spooled)
-            if spooled and self._spool is not None:
-                _write_stderr(
-                    f"dreamdata-logging: {spooled} event(s) could not be delivered to {self.endpoint} before close; "
-                    f"they were kept in the spool {self._spool.path} for later delivery (not lost)\n"
-                )
-            if undelivered:
-                _write_stderr(
-                    f"dreamdata-logging: {undelivered} event(s) were not delivered to {self.endpoint} "
-                    f"before close (shutdown_timeout={self.shutdown_timeout:g}s)\n"
-                )
+            if worker.pid == os.getpid() and not worker.closing:
+                wait = not lifecycle.logging_lock_held()
+                failed, spooled = self._counters.failed, self._counters.spool_written
+                worker.close(self.shutdown_timeout, wait=wait)
+                if wait:
+                    self._tell_undelivered(
+                        worker.buffer.held + self._counters.failed - failed, self._counters.spool_written - spooled
+                    )
         finally:
             super().close()
 
+    def _tell_undelivered(self, undelivered: int, spooled: int) -> None:
+        if spooled and self._spool is not None:
+            self._stderr(
+                f"dreamdata-logging: {spooled} event(s) could not be delivered to {self.endpoint} before close; "
+                f"they were kept in the spool {self._spool.path} for later delivery (not lost)\n"
+            )
+        if undelivered:
+            self._stderr(
+                f"dreamdata-logging: {undelivered} event(s) were not delivered to {self.endpoint} "
+                f"before close (shutdown_timeout={self.shutdown_timeout:g}s)\n"
+            )
+
     def stats(self) -> dict[str, int]:
         """Counters since this process started using the handler (a forked child starts at zero)."""
-        worker, transport = self._worker, self._transport
+        counters, buffer, transport = self._counters, self._worker.buffer, self._transport
+        if self._worker.pid != os.getpid():
+            lifecycle.in_new_process()
+            counters, buffer = self._counters, self._worker.buffer
         return {
-            "emitted": worker.offered + worker.tallies.get("unsent", 0),
-            "skipped": worker.tallies.get("skipped", 0),
-            "invalid": worker.tallies.get("invalid", 0),
-            "dropped_queue_full": worker.dropped_queue_full,
-            "dropped_closed": worker.dropped_closed,
-            "delivered": worker.delivered,
-            "failed": worker.tallies.get("failed", 0),
+            "emitted": counters.retired_offered + buffer.accepted + buffer.dropped_full + buffer.dropped_closed
+            + counters.unsent,
+            "skipped": counters.skipped,
+            "invalid": counters.invalid,
+            "dropped_queue_full": counters.retired_dropped_full + buffer.dropped_full,
+            "dropped_closed": counters.retired_dropped_closed + buffer.dropped_closed,
+            "delivered": counters.delivered,
+            "failed": counters.failed,
             "retries": transport.retries,
-            "batches": worker.batches,
+            "batches": counters.batches,
             "requests": transport.requests_sent,
             "bytes_sent": transport.bytes_sent,
-            "queued": worker.queued,
+            "queued": buffer.held,
             "spooled": self._spooled_now(),
-            "spool_written": worker.tallies.get("spool_written", 0),
-            "spool_delivered": worker.spool_delivered,
-            "spool_dropped": worker.tallies.get("spool_dropped", 0),
+            "spool_written": counters.spool_written,
+            "spool_delivered": counters.spool_delivered,
+            "spool_dropped": counters.spool_dropped,
         }
+
+    # -- lifecycle (called by _lifecycle) --------------------------------------------------------
+
+    def start_fresh_if_forked(self) -> None:
+        """In a new process: the parent's queue, thread, connections and counters are the parent's."""
+        if self._worker.pid == os.getpid():
+            return
+        self._transport.reset_after_fork()
+        if self._spool is not None:
+            self._spool.reset_after_fork()
+        self._worker = self._new_worker(Counters())
+        if self._spool is not None and self.send:
+            self._resume_spool()
+
+    def _reopen(self) -> Worker:
+        """A fresh worker after close(), keeping the totals (the old one may still be finishing)."""
+        old = self._worker.buffer
+        counters = self._counters
+        counters.retired_offered += old.accepted + old.dropped_full + old.dropped_closed
+        counters.retired_dropped_full += old.dropped_full
+        counters.retired_dropped_closed += old.dropped_closed
+        self._worker = self._new_worker(counters)
+        self.reopened = True
+        return self._worker
+
+    def begin_shutdown(self) -> None:
+        """Ask this process's worker to deliver and stop, taking no lock (safe in a signal handler)."""
+        if self._worker.pid == os.getpid():
+            self._worker.close(self.shutdown_timeout, wait=False)
+
+    def finish_shutdown(self) -> None:
+        if self._worker.pid == os.getpid():
+            self._worker.join()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _resume_spool(self) -> None:
+        """Start the thread now when the spool holds events (from an earlier outage or process)."""
+        if self._spool is None or lifecycle.exiting():
+            return
+        try:
+            rows = self._spool.pending()[0]
+        except SpoolUnavailable:
+            return
+        if rows:
+            self._worker.start()
 
     def _spooled_now(self) -> int:
         """Events in the spool file now, every process's included (0 without a spool)."""
@@ -300,68 +313,17 @@ class DreamdataHandler(logging.Handler):
         except SpoolUnavailable:
             return 0
 
-    # -- problems --------------------------------------------------------------------------------
+    def _stderr(self, text: str) -> None:
+        _write_stderr(self._scrub(text))
 
     def _invalid(self, error: InvalidEventError, event: Any) -> None:
         if _testing.active:
             _testing.feed_invalid(error)
-        self._worker.tally("invalid")
-        self._reporter.report("invalid:" + error.reason.split(" ", 1)[0], f"invalid event: {error}")
-        try:
-            snapshot = [dict(event)] if isinstance(event, Mapping) else []
-        except Exception:  # a mapping that cannot be read: report the error without it
-            snapshot = []
-        self._call_on_error(error, snapshot)
-
-    def _give_up(self, items: list[bytes], error: DeliveryError) -> None:
-        if self._spool is not None and worth_spooling(error) and self._spool_put(items, error):
-            return
-        self._worker.tally("failed", len(items))
-        self._reporter.report(
-            f"delivery:{error.status}", f"{len(items)} event(s) could not be delivered: {error}", logging.ERROR
-        )
-        if self.on_error is not None:
-            self._call_on_error(error, [json.loads(item) for item in items])
-
-    def _spool_put(self, items: list[bytes], error: DeliveryError) -> bool:
-        """Keep undelivered events in the spool; False when the spool cannot take them just now."""
-        assert self._spool is not None
-        try:
-            dropped = self._spool.put(items)
-        except SpoolUnavailable:  # reported by the spool; the events fail as without one
-            return False
-        self._worker.tally("spool_written", len(items))
-        self._reporter.report(
-            "spooled",
-            f"{len(items)} event(s) not delivered yet ({error}); kept in the spool {self._spool.path} "
-            "for later delivery",
-            logging.ERROR if error.status in (401, 403) else logging.WARNING,
-        )
-        if dropped:
-            self._worker.tally("spool_dropped", len(dropped))
-            full = DeliveryError(
-                f"the spool {self._spool.path} is full (spool_max_bytes={self.spool_max_bytes:,}): "
-                f"its {len(dropped)} oldest event(s) were dropped"
-            )
-            self._reporter.report("spool_full", str(full), logging.ERROR)
-            if self.on_error is not None:
-                self._call_on_error(full, [json.loads(item) for item in dropped])
-        return True
-
-    def _call_on_error(self, error: BaseException, messages: list[Any]) -> None:
-        if self.on_error is None:
-            return
-        try:
-            self.on_error(error, messages)
-        except Exception as exc:
-            self._reporter.report("on_error", f"on_error raised {_safe_text(exc)}")
+        self._problems.invalid(error, event)
 
 
-def _safe_text(error: BaseException) -> str:
-    try:
-        return f"{type(error).__name__}: {error}"
-    except Exception:
-        return type(error).__name__
+def _unchanged(text: str) -> str:
+    return text
 
 
 def _write_stderr(text: str) -> None:

@@ -1,21 +1,171 @@
-"""Process lifecycle: which handlers live in this process, and when the interpreter is exiting."""
+"""Process lifecycle: the handlers alive in this process, exit, fork, children's ends and SIGTERM.
+
+- Exit: our atexit hook runs before ``logging.shutdown()`` (atexit is last-in, first-out, and logging
+  registered its hook when it was imported), so flush/close during exit keep to ``shutdown_timeout``.
+- Fork: handlers check the process id where events enter, so a child made by any means (``os.fork``,
+  ``multiprocessing``, billiard, uWSGI's fork in C) starts clean. The fork hook is the fast path.
+- Children that end with ``os._exit()`` (multiprocessing and billiard pool workers) skip atexit: their
+  handlers are closed from those libraries' own exit hooks.
+- SIGTERM: where the process keeps the default action, queued events are delivered first, then the
+  process ends by SIGTERM as it would have.
+"""
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._handler import DreamdataHandler
 
 _handlers: weakref.WeakSet[DreamdataHandler] = weakref.WeakSet()
+_exiting = False
 
 
 def register(handler: DreamdataHandler) -> None:
-    """Remember a handler for process-wide actions (flush all, close at a child's end)."""
+    """Remember a handler for process-wide actions (flush all, close at a child's end, SIGTERM)."""
     _handlers.add(handler)
 
 
 def handlers() -> list[DreamdataHandler]:
-    """Every DreamdataHandler alive in this process, oldest first is not guaranteed."""
+    """Every DreamdataHandler alive in this process."""
     return list(_handlers)
+
+
+# -- exit ----------------------------------------------------------------------------------------
+
+
+def exiting() -> bool:
+    """True once the interpreter has begun exiting (our atexit hook ran, before ``logging.shutdown``)."""
+    return _exiting
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    # A handler that reopened after a reconfiguration closed it is no longer in logging's list of
+    # handlers to close at exit: close those here (the others are closed by logging.shutdown()).
+    for handler in handlers():
+        if handler.reopened:
+            _close_quietly(handler)
+
+
+atexit.register(_at_exit)
+
+
+def _close_quietly(handler: DreamdataHandler) -> None:
+    try:
+        handler.close()
+    except Exception:  # one handler's failure must not stop the others
+        pass
+
+
+def logging_lock_held() -> bool:
+    """True when this thread holds the ``logging`` module's lock (inside dictConfig, fileConfig, ...).
+
+    The worker thread may need that lock (requests and urllib3 log while sending), so whoever holds it
+    must not wait for the worker.
+    """
+    is_owned = getattr(logging._lock, "_is_owned", None)  # type: ignore[attr-defined]
+    try:
+        return bool(is_owned()) if is_owned is not None else False
+    except Exception:
+        return False
+
+
+# -- fork and children ---------------------------------------------------------------------------
+
+_child_hooks_pid = 0
+
+
+def in_new_process() -> None:
+    """Called in a process that is not the one where the handlers were made (by the fork hook, or by a
+    handler that noticed the process id change): each handler starts clean; children's ends are hooked."""
+    for handler in handlers():
+        handler.start_fresh_if_forked()
+    _hook_child_exit()
+
+
+def _hook_child_exit() -> None:
+    """Close every handler when a multiprocessing or billiard child ends (they skip atexit)."""
+    global _child_hooks_pid
+    pid = os.getpid()
+    if _child_hooks_pid == pid:
+        return
+    _child_hooks_pid = pid
+    for name in ("multiprocessing.util", "billiard.util"):
+        util: Any = sys.modules.get(name)
+        if util is None:
+            continue
+        try:
+            # The child clears the parent's finalizers after the fork hooks ran, then runs its after-fork
+            # callbacks: register from there, so the finalizer survives the clearing.
+            util.register_after_fork(_close_all_at_child_exit, _finalize_with(util))
+            util.Finalize(None, _close_all_at_child_exit, exitpriority=10)
+        except Exception:
+            pass
+
+
+def _finalize_with(util: Any) -> Any:
+    def register(_: object) -> None:
+        util.Finalize(None, _close_all_at_child_exit, exitpriority=10)
+
+    return register
+
+
+def _close_all_at_child_exit(*_: object) -> None:
+    for handler in handlers():
+        _close_quietly(handler)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=in_new_process)
+
+
+# -- SIGTERM -------------------------------------------------------------------------------------
+
+_sigterm_installed = False
+
+
+def install_sigterm() -> None:
+    """Deliver queued events on SIGTERM where the process keeps SIGTERM's default action.
+
+    Only from the main thread, and only over the default action: a handler the application (or a
+    server) installed is never replaced. Safe in a signal handler: it takes none of our locks, only
+    asks each worker to close and waits for the threads.
+    """
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # not the main interpreter, or no SIGTERM here
+        return
+    _sigterm_installed = True
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm_installed
+    try:
+        deliver_before_exit()
+    finally:
+        _sigterm_installed = False
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # end as SIGTERM would have ended the process
+
+
+def deliver_before_exit() -> None:
+    """Close every handler's worker without waiting on locks, then wait for them together."""
+    live = handlers()
+    for handler in live:
+        handler.begin_shutdown()
+    for handler in live:
+        handler.finish_shutdown()

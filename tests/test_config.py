@@ -176,24 +176,3 @@ def test_queue_handler_in_front_delivers_at_exit(collector):
     assert sorted(m["properties"]["n"] for m in received) == list(range(300))
     assert received[0]["event"] == "Queued 0"
     assert "not delivered" not in done.stderr
-
-
-def _readme_block(after_heading: str, language: str) -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = text[text.index(after_heading) :]
-    start = section.index(f"```{language}\n") + len(language) + 4
-    return section[start : section.index("```", start)]
-
-
-def test_readme_shows_the_shipped_ini_and_django_files():
-    shipped = resources.files("dreamdata_logging").joinpath("examples", "logging.ini").read_text()
-    without_comments = "".join(line for line in shipped.splitlines(True) if not line.startswith("#"))
-    assert _readme_block("### Configuring with fileConfig", "ini") == without_comments
-    namespace: dict[str, object] = {}
-    exec(_readme_block("### Django", "python"), namespace)
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import django_settings
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    assert namespace["LOGGING"] == django_settings.LOGGING

@@ -428,15 +428,23 @@ def test_send_false_builds_validates_and_counts(collector, make_handler, make_lo
     assert collector.requests() == []
 
 
-def test_close_is_idempotent_and_later_events_are_counted(collector, make_handler, make_logger):
+def test_close_is_idempotent_and_a_closed_handler_reopens_like_file_handler(collector, make_handler, make_logger):
     handler = make_handler()
     log = make_logger(handler)
     log.info("Before Close", extra=track(user_id="u1"))
     handler.close()
     handler.close()
-    log.info("After Close", extra=track(user_id="u1"))
     assert [m["event"] for m in collector.received()] == ["Before Close"]
-    assert handler.stats()["dropped_closed"] == 1
+    # Still attached to a logger (as after a reconfiguration): the next event reopens it.
+    log.info("After Close", extra=track(user_id="u1"))
+    assert handler.flush(timeout=10)
+    assert [m["event"] for m in collector.received()] == ["Before Close", "After Close"]
+    stats = handler.stats()
+    assert stats["emitted"] == 2 and stats["delivered"] == 2 and stats["dropped_closed"] == 0
+    handler.close()
+    log.info("Reopened Again", extra=track(user_id="u1"))
+    handler.close()
+    assert [m["event"] for m in collector.received()][-1] == "Reopened Again"
 
 
 def test_demo_command_runs_and_reports():

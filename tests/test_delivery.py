@@ -28,8 +28,8 @@ import pytest
 import requests
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
+from dreamdata_logging import _lifecycle as lifecycle_module
 from dreamdata_logging import _transport as transport_module
-from dreamdata_logging import _worker as worker_module
 from dreamdata_logging._transport import InsecureEndpointWarning, Transport, retry_after_seconds
 from dreamdata_logging._wire import Batch
 from dreamdata_logging.errors import PayloadTooLargeError
@@ -438,7 +438,7 @@ def test_byte_bound_holds(collector, make_handler, make_logger):
     stats = handler.stats()
     assert 20 <= stats["queued"] <= 29  # 32,000 bytes of them
     assert stats["dropped_queue_full"] == 100 - stats["queued"]
-    assert handler._worker._held_bytes <= 32_000
+    assert handler._worker.buffer.held_bytes <= 32_000
     collector.set_down(None)
     assert handler.flush(timeout=30)
     assert len(collector.received()) == stats["queued"]
@@ -584,12 +584,12 @@ def test_no_recursion_when_shipping_inline_at_exit(collector, make_handler, ever
     """During interpreter exit no thread is started and flush() ships from the caller's thread: what urllib3
     logs there about our request must not become events either (before, it fed itself until the cap)."""
     root, attached, converted = everything_is_an_event
-    monkeypatch.setattr(worker_module, "_exiting", True)
+    monkeypatch.setattr(lifecycle_module, "_exiting", True)
     handler = make_handler(flush_interval=60)
     root.addHandler(handler)
     attached.append(handler)
     sent = emit(logging.getLogger("app.analytics"), 4, "app")
-    assert handler._worker._thread is None  # none was started during "exit"
+    assert handler._worker.stopped  # none was started during "exit"
     assert handler.flush(timeout=10)
     assert converted["urllib3"] > 0
     assert sorted(user_ids(collector)) == sorted(sent)

@@ -20,8 +20,8 @@ from typing import Any, Optional
 import pytest
 
 from dreamdata_logging import DreamdataHandler, track
+from dreamdata_logging import _outage as worker
 from dreamdata_logging import _transport as transport
-from dreamdata_logging import _worker as worker
 from dreamdata_logging._spool import Spool
 from dreamdata_logging._wire import new_message_id, now_timestamp
 from dreamdata_logging.tools.collector import Fault

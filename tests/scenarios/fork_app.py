@@ -59,7 +59,7 @@ if mode in ("os-fork", "in-flight"):
     emit("parent", 5)
     if mode == "in-flight":
         deadline = time.monotonic() + 10
-        while handler._worker._batched < 5 and time.monotonic() < deadline:  # the batch has left the queue
+        while handler._worker.buffer._batched < 5 and time.monotonic() < deadline:  # the batch has left the queue
             time.sleep(0.005)
     pid = os.fork()
     if pid == 0:

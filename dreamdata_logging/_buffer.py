@@ -1,0 +1,175 @@
+"""The bounded buffer between the callers' threads and the worker thread.
+
+Callers append serialised messages under a short lock; the worker takes them off in request-sized
+batches. Memory is bounded by an event count and a byte count, batches in flight included. Events
+carry sequence numbers (accepted, batched, finished in order), which is all ``flush()`` needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Optional
+
+#: What :meth:`Buffer.put` did with a message.
+ACCEPTED, READY, FULL, CLOSED = 0, 1, 2, 3
+
+
+class Buffer:
+    """Holds up to ``max_events`` messages / ``max_bytes`` bytes; cuts batches of ``batch_events`` / ``body_room``."""
+
+    def __init__(self, *, max_events: int, max_bytes: int, batch_events: int, body_room: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._batch_events = batch_events
+        self._body_room = body_room  # bytes of messages one body holds, besides the envelope and commas
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: deque[bytes] = deque()  # appended by callers since the worker last looked
+        self._queued_bytes = 0
+        # A put() that interrupts a put() on the same thread (a signal handler, or __del__ run by the
+        # garbage collector) cannot take the lock its own thread holds: it leaves the message here.
+        self._side: deque[bytes] = deque()
+        self._inside: set[int] = set()  # threads between entering put()/flush() and leaving them
+        # The worker's side: taken off _queue in one swap, cut into batches without the lock.
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self.held = 0  # messages in memory: waiting plus in flight
+        self.held_bytes = 0
+        self.accepted = 0
+        self._batched = 0
+        self.finished = 0
+        self._last_failed = 0  # the sequence number of the last message given up on
+        self._flush_upto = 0  # messages up to here are wanted now, full batch or not
+        self.closed = False
+        self.dropped_full = 0
+        self.dropped_closed = 0
+
+    # -- the callers' side ----------------------------------------------------------------------
+
+    def put(self, data: bytes) -> int:
+        """Queue one message: ACCEPTED, READY (a batch is ready: wake the worker), FULL or CLOSED."""
+        ident = threading.get_ident()
+        inside = self._inside
+        if ident in inside:  # re-entered on this thread: never wait on our own lock
+            self._side.append(data)
+            return READY
+        inside.add(ident)
+        try:
+            with self._lock:
+                if self.closed:
+                    self.dropped_closed += 1
+                    return CLOSED
+                return self._accept(data)
+        finally:
+            inside.discard(ident)
+
+    def _accept(self, data: bytes) -> int:
+        size = len(data)
+        if self.held >= self.max_events or self.held_bytes + size > self.max_bytes:
+            self.dropped_full += 1
+            return FULL
+        self._queue.append(data)
+        self.accepted += 1
+        self.held += 1
+        self.held_bytes += size
+        self._queued_bytes += size
+        if len(self._queue) >= self._batch_events or self._queued_bytes >= self._body_room:
+            return READY
+        return ACCEPTED
+
+    def entered_here(self) -> bool:
+        """True when this thread was interrupted inside put() or flush() (e.g. by a signal handler)."""
+        return threading.get_ident() in self._inside
+
+    def request_flush(self) -> Optional[tuple[int, int]]:
+        """Mark everything accepted so far as wanted now: (target, finished at the start), or None if done."""
+        ident = threading.get_ident()
+        if ident in self._inside:
+            return None
+        self._inside.add(ident)
+        try:
+            with self._lock:
+                if self.finished >= self.accepted:
+                    return None
+                self._flush_upto = max(self._flush_upto, self.accepted)
+                return self.accepted, self.finished
+        finally:
+            self._inside.discard(ident)
+
+    def wait_finished(self, target: int, start: int, timeout: Optional[float]) -> bool:
+        """Wait until ``target`` messages have finished; True when none failed since ``start``."""
+        with self._changed:
+            done = self._changed.wait_for(lambda: self.finished >= target, timeout)
+            return done and self._last_failed <= start
+
+    def close(self) -> None:
+        """Refuse new messages and want every held one now. A plain store: safe from a signal handler."""
+        self.closed = True
+        self._flush_upto = 1 << 62
+
+    # -- the worker's side ----------------------------------------------------------------------
+
+    def next_batch(self, force: bool) -> Optional[tuple[list[bytes], int]]:
+        """The next request's messages and their bytes: a full batch, or any when forced, flushed or closed."""
+        with self._lock:
+            while self._side:  # left by re-entered puts: accounted now, like any other
+                data = self._side.popleft()
+                if self.closed:
+                    self.dropped_closed += 1
+                else:
+                    self._accept(data)
+            arrived, self._queue = self._queue, deque()
+            self._queued_bytes = 0
+            wanted = force or self.closed or self._flush_upto > self._batched
+        if arrived:
+            self._pending.extend(arrived)
+            self._pending_bytes += sum(map(len, arrived))
+        if not self._pending or (not wanted and not self._full_batch_pending()):
+            return None
+        return self._cut()
+
+    def _full_batch_pending(self) -> bool:
+        count = len(self._pending)
+        return count >= self._batch_events or self._pending_bytes + count - 1 > self._body_room
+
+    def _cut(self) -> tuple[list[bytes], int]:
+        pending, room, limit = self._pending, self._body_room, self._batch_events
+        items: list[bytes] = []
+        size = 0
+        while pending and len(items) < limit:
+            length = len(pending[0])
+            if items and size + length + len(items) > room:
+                break
+            items.append(pending.popleft())
+            size += length
+        self._pending_bytes -= size
+        self._batched += len(items)
+        return items, size
+
+    def finish(self, count: int, size: int, delivered: bool) -> None:
+        """A batch taken by :meth:`next_batch` is done with: delivered, spooled or given up on."""
+        with self._lock:
+            self.held -= count
+            self.held_bytes -= size
+            self.finished += count
+            if not delivered:
+                self._last_failed = self.finished
+            self._changed.notify_all()
+
+    def live_waiting(self) -> bool:
+        """Messages that should go out now (a full batch, or a flush or close wants them)."""
+        with self._lock:
+            queued = len(self._queue) + len(self._pending)
+            if not queued:
+                return False
+            full = queued >= self._batch_events or self._queued_bytes + self._pending_bytes >= self._body_room
+            return full or self.closed or self._flush_upto > self._batched
+
+    def over_high_water(self) -> bool:
+        """Half the memory bound is in use (plain ints: read without the lock)."""
+        return self.held * 2 >= self.max_events or self.held_bytes * 2 >= self.max_bytes
+
+    @property
+    def empty(self) -> bool:
+        return self.held == 0 and not self._side

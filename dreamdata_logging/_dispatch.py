@@ -1,0 +1,171 @@
+"""Decides one batch's fate: send it, halve it on a 413, keep it in the spool, or give it up.
+
+The one owner of that decision. It knows the transport as a small protocol (``send(batch, deadline=,
+cancel=)`` raising :class:`DeliveryError`), so it can be tested with any object that has that method.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Protocol, Union
+
+from . import _outage as outage
+from ._budget import Budget, Deadlines
+from ._outage import OutageState
+from ._problems import Problems
+from ._spool import Claim, Spool, SpoolUnavailable
+from ._wire import Batch
+from .errors import DeliveryError, PayloadTooLargeError
+
+OUTAGE = DeliveryError("the endpoint is unavailable (outage mode)", retryable=True)
+
+
+class Transport(Protocol):
+    """What the dispatcher needs of a transport."""
+
+    timeout: float
+
+    def send(self, batch: Batch, *, deadline: Union[None, float, Budget], cancel: Optional[threading.Event]) -> None:
+        """Deliver the batch (retrying what is worth it within ``deadline``) or raise DeliveryError."""
+
+
+def worth_spooling(error: DeliveryError) -> bool:
+    """Whether events that failed with ``error`` may succeed later: network errors, 408, 429, 5xx,
+    a deadline, and a rejected write key (fixing the key and restarting then delivers them).
+
+    Not a 400 or an oversized message: sending those again would fail again."""
+    return error.retryable or error.status in (401, 403)
+
+
+class Dispatcher:
+    """Sends batches for one worker and settles each: counted, spooled or reported as lost."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        problems: Problems,
+        deadlines: Deadlines,
+        *,
+        spool: Optional[Spool] = None,
+        own_threads: Optional[set[int]] = None,
+    ) -> None:
+        self._transport = transport
+        self._problems = problems
+        self._counters = problems.counters
+        self._deadlines = deadlines
+        self._spool = spool
+        self.outage = OutageState()
+        self.cancel = threading.Event()  # set by close() (and by a spill): ends a backoff wait now
+        self.own_threads: set[int] = own_threads if own_threads is not None else set()
+        self._sending = False
+        self._spilling = False
+
+    # -- live batches ---------------------------------------------------------------------------
+
+    def deliver(self, items: list[bytes], size: int) -> bool:
+        """Send one batch; True when the endpoint took it all."""
+        if self._spool is not None and self.outage.active:
+            return self._not_delivered(items, OUTAGE)  # the endpoint is failing: straight to the spool
+        spooling = self._spool is not None
+        budget = Budget(
+            self._deadlines,
+            limit=outage.SPOOL_AFTER if spooling else None,
+            reserve=outage.SPOOL_RESERVE if spooling else 0.0,
+            stop_retrying=self._spill_requested if spooling else None,
+        )
+        try:
+            self._send(Batch(items, size), budget)
+        except PayloadTooLargeError as error:
+            if len(items) <= 1:
+                return self._not_delivered(items, error)
+            half = len(items) // 2  # the endpoint's limit is lower than ours: halve and resend
+            first = self.deliver(items[:half], sum(map(len, items[:half])))
+            return self.deliver(items[half:], sum(map(len, items[half:]))) and first
+        except DeliveryError as error:
+            return self._not_delivered(items, error)
+        except Exception as error:  # a bug or an unexpected library error must not kill the thread
+            return self._not_delivered(items, DeliveryError(f"unexpected error while sending: {error!r}"))
+        self._counters.delivered += len(items)
+        self._counters.batches += 1
+        self.outage.recovered()
+        return True
+
+    def _not_delivered(self, items: list[bytes], error: DeliveryError) -> bool:
+        spool = self._spool
+        if spool is not None and worth_spooling(error):
+            if error is not OUTAGE:
+                self.outage.failed()
+            try:
+                dropped = spool.put(items)
+            except SpoolUnavailable:  # reported by the spool; the events fail as without one
+                pass
+            else:
+                self._problems.spooled(len(items), error, spool.path)
+                if dropped:
+                    full = DeliveryError(
+                        f"the spool {spool.path} is full (spool_max_bytes={spool.max_bytes:,}): "
+                        f"its {len(dropped)} oldest event(s) were dropped"
+                    )
+                    self._problems.spool_dropped(dropped, full)
+                return False
+        self._problems.failed(items, error)
+        return False
+
+    # -- spooled batches ------------------------------------------------------------------------
+
+    def send_claim(self, claim: Claim, limit: float, single_attempt: bool) -> str:
+        """Send spooled rows: "delivered", "too large" (retry smaller), "drop" (refused) or "release"."""
+        budget = Budget(
+            self._deadlines,
+            limit=limit,
+            reserve=outage.SPOOL_RESERVE,
+            stop_retrying=(lambda: True) if single_attempt else self._spill_requested,
+        )
+        try:
+            self._send(Batch(claim.messages, claim.size), budget)
+        except DeliveryError as error:
+            return self._claim_failed(claim, error, budget)
+        except Exception as error:  # a bug or an unexpected library error must not kill the thread
+            return self._claim_failed(claim, DeliveryError(f"unexpected error while sending: {error!r}"), budget)
+        self._counters.spool_delivered += len(claim)
+        self._counters.batches += 1
+        self.outage.recovered()
+        return "delivered"
+
+    def _claim_failed(self, claim: Claim, error: DeliveryError, budget: Budget) -> str:
+        if budget.stopped and self._spilling:
+            return "release"  # live events are piling up: they go first; this claim waits its turn
+        if isinstance(error, PayloadTooLargeError) and len(claim) > 1:
+            return "too large"
+        if worth_spooling(error) or not error.status:
+            self.outage.failed()
+            return "release"
+        self._problems.failed(claim.messages, error)
+        return "drop"
+
+    # -- one send -------------------------------------------------------------------------------
+
+    def spill(self) -> None:
+        """The queue passed its high-water mark during a send: the send stops retrying (to the spool)."""
+        if self._sending and not self._spilling:
+            self._spilling = True
+            self.cancel.set()  # ends a backoff wait now
+
+    def _spill_requested(self) -> bool:
+        return self._spilling
+
+    def _send(self, batch: Batch, budget: Budget) -> None:
+        ident = threading.get_ident()
+        ours = ident in self.own_threads
+        self.own_threads.add(ident)  # what requests/urllib3 log from here on is about our send
+        self._sending = True
+        try:
+            self._transport.send(batch, deadline=budget, cancel=self.cancel)
+        finally:
+            self._sending = False
+            if self._spilling:
+                self._spilling = False
+                if self._deadlines.closing is None:  # close() sets the event after setting its deadline
+                    self.cancel.clear()
+            if not ours:
+                self.own_threads.discard(ident)
