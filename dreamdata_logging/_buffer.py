@@ -171,5 +171,10 @@ class Buffer:
         return self.held * 2 >= self.max_events or self.held_bytes * 2 >= self.max_bytes
 
     @property
+    def idle(self) -> bool:
+        """Every accepted message has finished (plain ints: read without the lock; a flush fast path)."""
+        return self.finished >= self.accepted and not self._side
+
+    @property
     def empty(self) -> bool:
         return self.held == 0 and not self._side

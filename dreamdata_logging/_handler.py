@@ -96,6 +96,9 @@ class DreamdataHandler(logging.Handler):
         self.reopened = False
         self._worker = self._new_worker(Counters())
         lifecycle.register(self)
+        no_threads = lifecycle.threads_unavailable()
+        if no_threads is not None and self.send:
+            self._problems.report("no_threads", no_threads, logging.ERROR)
         if self.handle_sigterm:
             lifecycle.install_sigterm()
         if self._spool is not None and self.send:
@@ -191,8 +194,8 @@ class DreamdataHandler(logging.Handler):
         ``on_error`` callback), it does not wait: the worker may need that lock, or is the caller.
         """
         worker = self._worker
-        if worker.pid != os.getpid():
-            return True  # nothing of this process's is queued in the parent's worker
+        if worker.buffer.idle or worker.pid != os.getpid():
+            return True  # nothing held (or nothing of this process's: that worker is the parent's)
         if lifecycle.exiting() and timeout is None:
             self.close()
             return worker.buffer.empty

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from ._handler import DreamdataHandler
@@ -126,6 +126,25 @@ def _close_all_at_child_exit(*_: object) -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=in_new_process)
+
+
+def threads_unavailable() -> Optional[str]:
+    """Why a background thread cannot run in this process, when we can tell (uWSGI without threads)."""
+    uwsgi: Any = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return None
+    try:
+        opt = getattr(uwsgi, "opt", {}) or {}
+        enabled = any(opt.get(key) for key in ("enable-threads", b"enable-threads", "threads", b"threads"))
+        version = tuple(getattr(uwsgi, "version_info", (9, 9, 9))[:3])
+    except Exception:
+        return None
+    if enabled or version >= (2, 0, 27):
+        return None
+    return (
+        "this uWSGI runs without Python threads, so events would be sent only at exit: "
+        "start it with --enable-threads (or --threads N)"
+    )
 
 
 # -- SIGTERM -------------------------------------------------------------------------------------

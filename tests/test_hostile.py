@@ -354,3 +354,28 @@ def test_without_orjson_the_package_uses_the_standard_library_end_to_end(collect
     assert run.stdout.split() == ["1", "1"]
     [message] = collector.received()
     assert message["properties"] == {"1": None, "b": "/w==", "c": [1, 2], "s": "\ufffd"}
+
+
+def test_the_size_limit_means_the_same_for_the_handler_and_the_collector(collector: Collector):
+    """orjson writes 1e-07 as 1e-7: a message it makes 32,000 bytes long is longer once a Python endpoint
+    (the bundled collector) re-serialises it. The handler measures as the endpoint would, so such a message
+    is refused on its own instead of making the endpoint refuse its whole batch."""
+    pytest.importorskip("orjson")
+    handler = DreamdataHandler(WRITE_KEY, endpoint=collector.url, flush_interval=60)
+    log = logging.getLogger("test.size-limit")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        floats = [1e-7] * 6_000  # 5 bytes each with orjson ("1e-7,"), 6 with the standard library
+        fast = len(encoding.dumps({"f": floats}))
+        assert fast < MAX_MESSAGE_BYTES < len(encoding.dumps({"f": floats}, fast=False))
+        log.info("Near", extra={"dreamdata": {"userId": "u1", "properties": {"f": floats}}})
+        log.info("Fine", extra={"dreamdata": {"userId": "u1"}})
+        assert handler.flush(timeout=10)
+        assert [m["event"] for m in collector.received()] == ["Fine"]
+        assert handler.stats()["invalid"] == 1
+        assert all(r.status == 200 for r in collector.requests())
+    finally:
+        log.removeHandler(handler)
+        handler.close()
