@@ -1,4 +1,14 @@
-"""HTTP transport: posts request bodies to the batch endpoint with retries. Knows HTTP, not logging."""
+"""HTTP transport: posts request bodies to the batch endpoint with retries. Knows HTTP, not logging.
+
+Safety against a misbehaving endpoint:
+
+- Redirects are never followed: a 3xx answer is a failed delivery that names where it pointed.
+- Every request has a total deadline (connect, send and the whole answer, headers included): one watchdog
+  thread per transport shuts down the socket of a request still running at its deadline.
+- At most :data:`MAX_ANSWER_BYTES` of any answer are read, raw (never inflated past that bound). A connection
+  whose answer was not read to its end is closed rather than reused.
+- No error text carries the write key or the endpoint's query string or fragment (see ``_redact``).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +19,20 @@ import ipaddress
 import os
 import platform
 import random
+import socket
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Mapping
-from typing import Callable, Optional, Union
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+import requests.adapters
+import requests.utils
 
+from ._redact import Redactor
 from ._version import __version__
 from ._wire import Batch
 from .errors import DeliveryError, PayloadTooLargeError
@@ -34,6 +49,10 @@ BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 60.0
 #: Most seconds one batch may spend waiting between its retries, in total.
 RETRY_WAIT_BUDGET = 120.0
+#: Most bytes read of any answer's body (enough for an error excerpt); the rest is never read.
+MAX_ANSWER_BYTES = 8192
+#: Characters of an answer quoted in an error message.
+EXCERPT_CHARS = 200
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 
@@ -56,14 +75,66 @@ class _WriteKeyAuth(requests.auth.AuthBase):
         return "<write key hidden>"
 
 
-def normalise_endpoint(endpoint: str) -> str:
-    """Accept a base URL too: ``http://127.0.0.1:8765`` means ``http://127.0.0.1:8765/v1/batch``."""
+# -- construction checks ---------------------------------------------------------------------------------
+
+
+def check_write_key(write_key: object) -> str:
+    """Return ``write_key`` if it can be sent as HTTP Basic credentials; else ValueError (never quoting it)."""
+    if not isinstance(write_key, str) or not write_key:
+        raise ValueError("write_key must be a non-empty string")
+    for position, char in enumerate(write_key, 1):
+        code = ord(char)
+        if char == ":":
+            raise ValueError(
+                f"write_key must not contain ':' (character {position}): "
+                "HTTP Basic auth would cut the key there; check that the whole key, and only the key, was given"
+            )
+        if code < 0x20 or code == 0x7F:
+            raise ValueError(
+                f"write_key must not contain control characters (character {position}; "
+                "a stray newline from a file or an environment variable?)"
+            )
+        if code > 0x7E:
+            raise ValueError(f"write_key must be ASCII (character {position} is not)")
+    return write_key
+
+
+def _split_endpoint(endpoint: object) -> tuple[str, str]:
+    """(URL to send to, display form scheme://host[:port]/path) of an endpoint; ValueError if it cannot work."""
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ValueError("endpoint must be a non-empty http(s) URL such as " + DEFAULT_ENDPOINT)
+    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in endpoint):
+        raise ValueError("endpoint must not contain spaces or control characters")
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
-    if parts.path in ("", "/"):
-        parts = parts._replace(path="/v1/batch")
-    return urlunsplit(parts)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = f" (scheme {scheme!r})" if scheme else ""
+        raise ValueError(f"endpoint must be an http:// or https:// URL such as {DEFAULT_ENDPOINT}{shown}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "endpoint must not carry credentials (user:password@): put credentials in write_key, not in the URL"
+        )
+    if not parts.hostname:
+        raise ValueError(f"endpoint has no host: {scheme}://{parts.netloc}{parts.path}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"endpoint has a bad port (must be a number from 1 to 65535): {scheme}://{parts.netloc}")
+    path = "/v1/batch" if parts.path in ("", "/") else parts.path
+    url = urlunsplit((scheme, parts.netloc, path, parts.query, ""))  # a fragment is never sent anyway
+    return url, f"{scheme}://{parts.netloc}{path}"
+
+
+def normalise_endpoint(endpoint: str) -> str:
+    """The URL requests go to. A base URL is accepted: ``http://127.0.0.1:8765`` means ``.../v1/batch``."""
+    return _split_endpoint(endpoint)[0]
+
+
+def display_endpoint(endpoint: str) -> str:
+    """The endpoint as shown in text: scheme://host[:port]/path, without userinfo, query or fragment."""
+    return _split_endpoint(endpoint)[1]
 
 
 def is_loopback(host: str) -> bool:
@@ -87,18 +158,186 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
         except (TypeError, ValueError, IndexError):
             return None
         seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
     return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
-def _excerpt(text: str, limit: int = 200) -> str:
+def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _scrubbed_location(location: str, base: str) -> str:
+    """Where a redirect points, without userinfo, query or fragment (they may carry secrets)."""
+    try:
+        parts = urlsplit(urljoin(base, location.strip()))
+        netloc = parts.netloc.rpartition("@")[2]
+        return _excerpt(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 300)
+    except ValueError:
+        return "(an unreadable Location)"
+
+
+# -- total deadline -----------------------------------------------------------------------------------------
+
+
+def _shut_down(connection: object) -> None:
+    """Make every blocked read or write on ``connection``'s socket return at once."""
+    sock = getattr(connection, "sock", None)
+    while sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "socket", None)  # TLS inside TLS (an https proxy) wraps the socket in an object
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leaves TLS state alone
+        except OSError:
+            pass
+
+
+class _Watchdog:
+    """One thread per transport that ends a request still running at its deadline by shutting its socket.
+
+    The sending thread only takes an uncontended lock per request; the watchdog is woken only when it is idle
+    or when a request's deadline is earlier than the one it is sleeping towards, so in steady traffic it wakes
+    about once per timeout rather than once per request.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop: Optional[threading.Event] = None  # set: the current thread ends
+        self._armed = False
+        self._deadline = 0.0
+        self._connection: Optional[object] = None
+        self._fired = False
+        self._sleeping_until: Optional[float] = None  # None: idle, waiting for a wake-up
+
+    def arm(self, deadline: float) -> None:
+        """A request starts now and must be over by ``deadline`` (a ``time.monotonic()`` value)."""
+        start: Optional[threading.Event] = None
+        with self._lock:
+            self._armed, self._deadline, self._connection, self._fired = True, deadline, None, False
+            if self._stop is None:
+                start = self._stop = threading.Event()
+            elif self._sleeping_until is None or deadline < self._sleeping_until:
+                self._wake.set()
+        if start is not None:
+            threading.Thread(target=self._run, args=(start,), name="dreamdata-logging-deadline", daemon=True).start()
+
+    def attach(self, connection: object) -> None:
+        """The armed request uses ``connection``: shut it down at the deadline (at once if already past)."""
+        with self._lock:
+            if not self._armed:
+                return
+            self._connection = connection
+            if self._fired:
+                _shut_down(connection)
+
+    def disarm(self) -> bool:
+        """The request is over; True if its deadline passed while it ran (its socket was shut down)."""
+        with self._lock:
+            self._armed = False
+            self._connection = None
+            return self._fired
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stop is not None:
+                self._stop.set()
+                self._stop = None
+                self._wake.set()
+
+    def _run(self, stop: threading.Event) -> None:
+        while True:
+            with self._lock:
+                if stop.is_set():
+                    return
+                now = time.monotonic()
+                self._sleeping_until = None
+                if self._armed and not self._fired:
+                    if now >= self._deadline:
+                        self._fired = True
+                        if self._connection is not None:
+                            _shut_down(self._connection)
+                    else:
+                        self._sleeping_until = self._deadline
+                self._wake.clear()
+                wait = None if self._sleeping_until is None else self._sleeping_until - now
+            self._wake.wait(wait)
+
+
+_active = threading.local()  # .watchdog: the watchdog of the request this thread is sending, if any
+
+
+def _watched_pool(base: type[Any]) -> type[Any]:
+    """A subclass of a urllib3 connection pool class that hands each connection it gives out to the watchdog."""
+
+    class Watched(base):  # type: ignore[misc]
+        def _get_conn(self, timeout: Optional[float] = None) -> Any:
+            connection = super()._get_conn(timeout)
+            watchdog: Optional[_Watchdog] = getattr(_active, "watchdog", None)
+            if watchdog is not None:
+                watchdog.attach(connection)
+            return connection
+
+    Watched.__name__ = Watched.__qualname__ = f"Watched{base.__name__}"
+    return Watched
+
+
+_WATCHED: dict[type[Any], type[Any]] = {}
+
+
+def _watch_pools(manager: Any) -> Any:
+    """Make ``manager`` (a urllib3 PoolManager or ProxyManager) create watched pools."""
+    classes = {}
+    for scheme, pool_class in manager.pool_classes_by_scheme.items():
+        if pool_class not in _WATCHED:
+            _WATCHED[pool_class] = _watched_pool(pool_class)
+        classes[scheme] = _WATCHED[pool_class]
+    manager.pool_classes_by_scheme = classes
+    return manager
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter (proxies, TLS, CA bundles) whose connections are watched for the total deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        known = proxy in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        return manager if known else _watch_pools(manager)
+
+
+def _answer_text(response: requests.Response, body: bytes) -> str:
+    """The start of an answer as text; a compressed one is inflated to at most MAX_ANSWER_BYTES."""
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("gzip", "x-gzip", "deflate"):
+        try:
+            body = zlib.decompressobj(47).decompress(body, MAX_ANSWER_BYTES)  # 47: gzip or zlib header
+        except zlib.error:
+            try:
+                body = zlib.decompressobj(-15).decompress(body, MAX_ANSWER_BYTES)  # raw deflate
+            except zlib.error:
+                return f"(a {coding} answer that could not be inflated)"
+    elif coding not in ("", "identity"):
+        return f"(an answer compressed with {_excerpt(coding, 20)})"
+    try:
+        return body.decode(response.encoding or "utf-8", "replace")
+    except LookupError:  # an unknown charset
+        return body.decode("utf-8", "replace")
+
+
+# -- the transport -------------------------------------------------------------------------------------------
+
+
 class Transport:
-    """Sends :class:`~dreamdata_logging._message.Batch` es over one keep-alive ``requests.Session``.
+    """Sends :class:`~dreamdata_logging._wire.Batch` es over keep-alive connections through ``requests``.
 
     Used from one thread at a time (the handler's worker). Counters are plain ints for that reason.
+    ``endpoint`` is the display form of the URL (no userinfo, query or fragment); ``redactor`` scrubs the write
+    key and the URL's secrets from any text.
     """
 
     def __init__(
@@ -112,26 +351,27 @@ class Transport:
         verify: Union[bool, str] = True,
         proxies: Optional[Mapping[str, str]] = None,
     ) -> None:
-        self.endpoint = normalise_endpoint(endpoint)
-        host = urlsplit(self.endpoint).hostname or ""
-        if self.endpoint.startswith("http://") and not is_loopback(host):
-            warnings.warn(
-                f"dreamdata-logging: endpoint {self.endpoint} is plain http on a non-loopback host; "
-                "the write key would travel unencrypted. Use https.",
-                InsecureEndpointWarning,
-                stacklevel=3,  # the code that built the handler (Transport is made in its __init__)
-            )
+        check_write_key(write_key)
+        self._url, self.endpoint = _split_endpoint(endpoint)
+        self.redactor = Redactor(write_key, endpoint)
         self.timeout = timeout
         self.max_retries = max_retries
         self.gzip = gzip
         self.verify = verify
         self.proxies = dict(proxies) if proxies else None
         self._auth = _WriteKeyAuth(write_key)
-        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-        if gzip:
-            self._headers["Content-Encoding"] = "gzip"
-        self._session: Optional[requests.Session] = None
-        self._verify: Union[bool, str] = verify
+        self._request = self._prepare()
+        self._proxies, self._verify = self._environment()
+        host = urlsplit(self._url).hostname or ""
+        if self._url.startswith("http://") and not is_loopback(host):
+            warnings.warn(
+                f"dreamdata-logging: endpoint {self.endpoint} is plain http on a non-loopback host; "
+                "the write key would travel unencrypted. Use https.",
+                InsecureEndpointWarning,
+                stacklevel=3,  # the code that built the handler (Transport is made in its __init__)
+            )
+        self._adapter: Optional[_Adapter] = None
+        self._watchdog = _Watchdog()
         self.requests_sent = 0
         self.retries = 0
         self.bytes_sent = 0
@@ -139,22 +379,37 @@ class Transport:
     def __repr__(self) -> str:
         return f"<Transport {self.endpoint}>"
 
-    def _get_session(self) -> requests.Session:
-        if self._session is None:
-            session = requests.Session()
-            session.headers.update(self._headers)
-            # Read the proxy and CA-bundle environment once, as requests would, instead of on every
-            # request (requests re-scans the whole environment per request when trust_env is on).
-            session.trust_env = False
-            no_proxy = (self.proxies or {}).get("no_proxy")
-            session.proxies.update(requests.utils.get_environ_proxies(self.endpoint, no_proxy=no_proxy))
-            if self.proxies:
-                session.proxies.update(self.proxies)
-            self._verify = self.verify
-            if self.verify is True:
-                self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-            self._session = session
-        return self._session
+    def _prepare(self) -> requests.PreparedRequest:
+        """The request, prepared once; each attempt only sets its body and Content-Length."""
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "Accept": "*/*",
+            "Accept-Encoding": "identity",  # answers are only ever glanced at: ask for them uncompressed
+        }
+        if self.gzip:
+            headers["Content-Encoding"] = "gzip"
+        request = requests.PreparedRequest()
+        request.prepare_method("POST")
+        try:
+            request.prepare_url(self._url, None)
+        except requests.RequestException as exc:
+            raise ValueError(f"endpoint {self.endpoint} is not a usable URL: {type(exc).__name__}") from None
+        request.prepare_headers(headers)
+        self._auth(request)
+        return request
+
+    def _environment(self) -> tuple[dict[str, str], Union[bool, str]]:
+        """Proxies and CA bundle from the environment and options, read once as requests would read them."""
+        proxies: dict[str, str] = {}
+        no_proxy = (self.proxies or {}).get("no_proxy")
+        proxies.update(requests.utils.get_environ_proxies(self._url, no_proxy=no_proxy))
+        if self.proxies:
+            proxies.update(self.proxies)
+        verify: Union[bool, str] = self.verify
+        if verify is True:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        return proxies, verify
 
     def send(
         self,
@@ -170,6 +425,8 @@ class Transport:
         backoff wait short, or replaces one that would end past the deadline, with one immediate last
         attempt; later waits stay within the deadline. With ``cancel`` set and no deadline, the send gives up.
         """
+        body = batch.body()
+        payload = gzip_module.compress(body, 6) if self.gzip else body
         waited = 0.0
         attempt = 0
         interrupted = False
@@ -182,7 +439,7 @@ class Transport:
                     raise DeliveryError(
                         "not delivered before its deadline (closing, or the spool took over)", retryable=True
                     )
-            error, retry_after = self._attempt(batch, timeout)
+            error, retry_after = self._attempt(payload, timeout)
             if error is None:
                 return
             if not error.retryable:
@@ -216,41 +473,97 @@ class Transport:
             attempt += 1
             self.retries += 1
 
-    def _attempt(self, batch: Batch, timeout: float) -> tuple[Optional[DeliveryError], Optional[float]]:
-        """One POST: (None, None) on success, else the error and any Retry-After."""
-        body = batch.body()
-        payload = gzip_module.compress(body, 6) if self.gzip else body
+    def _attempt(self, payload: bytes, timeout: float) -> tuple[Optional[DeliveryError], Optional[float]]:
+        """One POST within ``timeout`` seconds in all: (None, None) on success, else the error and any Retry-After."""
+        adapter = self._adapter
+        if adapter is None:
+            adapter = self._adapter = _Adapter(pool_connections=2, pool_maxsize=2)
+        request = self._request
+        request.body = payload
+        request.headers["Content-Length"] = str(len(payload))
+        watchdog = self._watchdog
+        failure: Optional[str] = None
+        status = 0
+        retry_after: Optional[str] = None
+        answer = ""
+        started = time.monotonic()
+        watchdog.arm(started + timeout)
+        _active.watchdog = watchdog
         try:
-            response = self._get_session().post(
-                self.endpoint, data=payload, auth=self._auth, timeout=timeout, verify=self._verify
+            response = adapter.send(
+                request, stream=True, timeout=(timeout, timeout), verify=self._verify, proxies=self._proxies
             )
-        except requests.RequestException as exc:
-            return DeliveryError(f"network error: {type(exc).__name__}: {_excerpt(str(exc))}", retryable=True), None
+            status = response.status_code
+            if 300 <= status < 400:
+                answer = response.headers.get("Location") or ""
+            elif status >= 400:
+                retry_after = response.headers.get("Retry-After")
+            body, complete = self._read_answer(response)
+            if status >= 400 and body:
+                answer = _answer_text(response, body)
+        except Exception as exc:  # anything requests or urllib3 raise: a failed attempt, never a crash
+            failure = f"{type(exc).__name__}: {exc}"
         finally:
+            _active.watchdog = None
+            cut_off = watchdog.disarm()
             self.requests_sent += 1
-        status = response.status_code
-        if 200 <= status < 300:
+        if failure is not None and not status:
+            if cut_off:
+                failure = f"no complete answer within {timeout:.3g}s (the request's total deadline)"
+            return self._error(f"network error: {failure}", retryable=True), None
+        if 200 <= status < 300:  # accepted, even if the rest of the answer was cut off at the deadline
             self.bytes_sent += len(payload)
             return None, None
-        detail = f"HTTP {status} from {self.endpoint}: {_excerpt(response.text)}"
+        return self._refusal(status, answer), retry_after_seconds(retry_after)
+
+    def _read_answer(self, response: requests.Response) -> tuple[bytes, bool]:
+        """At most MAX_ANSWER_BYTES of the body, raw; closes the connection unless the answer was read whole."""
+        raw = response.raw
+        complete = False
+        body = b""
+        try:
+            body = raw.read(MAX_ANSWER_BYTES + 1, decode_content=False) or b""
+            complete = len(body) <= MAX_ANSWER_BYTES  # a short read is the end of the answer
+        except Exception:
+            pass  # cut off (deadline) or broken: what was read is lost, the status still counts
+        if complete:
+            raw.release_conn()  # usually done already, as the answer ended
+        else:
+            response.close()  # closes the connection: its unread rest must not reach the next request
+            body = body[:MAX_ANSWER_BYTES]
+        return body, complete
+
+    def _refusal(self, status: int, answer: str) -> DeliveryError:
+        if 300 <= status < 400:
+            where = _scrubbed_location(answer, self.endpoint) if answer else "(no Location)"
+            return self._error(
+                f"HTTP {status} from {self.endpoint}: a redirect to {where}; redirects are not followed "
+                "(the batch would be re-sent elsewhere or lost). Configure the final URL of the batch endpoint "
+                "as the endpoint",
+                status=status,
+            )
+        detail = f"HTTP {status} from {self.endpoint}: {_excerpt(self.redactor.scrub(answer))}"
         if status == 413:
-            return PayloadTooLargeError(detail, status=status), None
+            return PayloadTooLargeError(self.redactor.scrub(detail), status=status)
         if status in (401, 403):
             return DeliveryError(
                 f"the write key was rejected (HTTP {status}); check write_key / DREAMDATA_WRITE_KEY", status=status
-            ), None
-        if status in RETRYABLE_STATUSES or status >= 500:
-            return DeliveryError(detail, status=status, retryable=True), retry_after_seconds(
-                response.headers.get("Retry-After")
             )
-        return DeliveryError(detail, status=status), None
+        if status in RETRYABLE_STATUSES or status >= 500:
+            return self._error(detail, status=status, retryable=True)
+        return self._error(detail, status=status)
+
+    def _error(self, text: str, *, status: Optional[int] = None, retryable: bool = False) -> DeliveryError:
+        return DeliveryError(_excerpt(self.redactor.scrub(text), 600), status=status, retryable=retryable)
 
     def reset_after_fork(self) -> None:
         """Forget the parent's connections without closing them (closing would disturb the parent's)."""
-        self._session = None
+        self._adapter = None
+        self._watchdog = _Watchdog()  # the parent's thread does not exist here, and its lock may be held
         self.requests_sent = self.retries = self.bytes_sent = 0
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        self._watchdog.close()
+        if self._adapter is not None:
+            self._adapter.close()
+            self._adapter = None
