@@ -202,3 +202,65 @@ def wire_problem(message: Any) -> Optional[str]:
             return f"'{key}' must be an object, not {_show(message[key])}"
     return None
 
+
+
+# -- what Dreamdata's endpoint accepts from any client (the local collector's default) --
+
+# Any RFC 3339 date-time: a "T" (either case), seconds, an optional fraction of any length, "Z" or an offset.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|[+-]([0-9]{2}):([0-9]{2}))"
+)
+
+
+def is_rfc3339_timestamp(value: Any) -> bool:
+    """True for any RFC 3339 date-time: ``2019-01-01T00:00:00Z``, ``2019-01-01T02:00:00.123456+02:00``, ...
+
+    Wider than :func:`is_wire_timestamp` (this package's own form): any fraction or none, any offset.
+    """
+    if not isinstance(value, str):
+        return False
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return False
+    if hour > 23 or minute > 59 or second > 60:  # 60: a leap second
+        return False
+    if match.group(9) is not None and (int(match.group(9)) > 23 or int(match.group(10)) > 59):
+        return False
+    return True
+
+
+def api_problem(message: Any) -> Optional[str]:
+    """What the endpoint refuses in one decoded message from any client, or None.
+
+    The rules of :func:`wire_problem` with what other clients send allowed: any RFC 3339 ``timestamp``
+    (or none), and no ``messageId`` (one given must still be a non-empty string).
+    """
+    if not isinstance(message, dict):
+        return "is not an object"
+    kind = message.get("type")
+    if kind not in REQUIRED_FIELDS:
+        return f"'type' must be one of {', '.join(REQUIRED_FIELDS)}, not {_show(kind)}"
+    if "messageId" in message and not _filled(message["messageId"]):
+        return f"'messageId' must be a non-empty string when given, not {_show(message['messageId'])}"
+    if "timestamp" in message and not is_rfc3339_timestamp(message["timestamp"]):
+        return (
+            "'timestamp' must be an RFC 3339 date-time, like 2012-12-02T00:30:08.276Z or"
+            f" 2012-12-02T02:30:08+02:00, not {_show(message['timestamp'])}"
+        )
+    for key in ("userId", "anonymousId"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            return f"'{key}' must be a string, not {_show(message[key])}"
+    if not (_filled(message.get("userId")) or _filled(message.get("anonymousId"))):
+        return "needs a non-empty 'userId' or 'anonymousId'"
+    for key in REQUIRED_FIELDS[kind]:
+        if not _filled(message.get(key)):
+            return f"{kind} needs a non-empty string '{key}'"
+    for key in MAPPING_FIELDS:
+        if key in message and not isinstance(message[key], dict):
+            return f"'{key}' must be an object, not {_show(message[key])}"
+    return None
