@@ -20,7 +20,8 @@ UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 @pytest.fixture
 def collector() -> Iterator[Collector]:
-    with Collector(write_key=WRITE_KEY) as running:
+    """A collector that checks this package's exact format and keeps every message it accepts."""
+    with Collector(write_key=WRITE_KEY, strict=True, keep=None) as running:
         yield running
 
 

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -83,7 +84,8 @@ def out(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def collector(out: Path) -> Iterator[Collector]:
-    with Collector(write_key=KEY, out=out) as c:
+    """Strict (this package's exact format) and keeping everything: what the suite's shared fixture is."""
+    with Collector(write_key=KEY, out=out, strict=True, keep=None) as c:
         yield c
 
 
@@ -489,3 +491,262 @@ def test_copies_are_copies(collector: Collector) -> None:
     records[0].status = 999
     assert len(collector.received()) == 1 and collector.requests()[0].status == 200
     assert copy.deepcopy(collector.received()) == [message()]
+
+
+# -- what the real API accepts from other clients (the default) ---------------------------------------
+
+# Request bodies as Segment-style SDKs (Dreamdata's Go SDK among them) send them: RFC 3339 timestamps
+# without milliseconds or with offsets, no envelope messageId, a batch-level context.
+GO_SDK_BODIES: list[dict[str, Any]] = [
+    {
+        "batch": [
+            {
+                "type": "track",
+                "event": "Download",
+                "messageId": "I'm unique",
+                "userId": "123456",
+                "properties": {"application": "Segment Desktop", "platform": "osx", "version": "1.1.0"},
+                "context": {"whatever": "here", "library": {"name": "mine", "version": "9"}},
+                "timestamp": "2019-01-01T00:00:00Z",
+            }
+        ],
+        "context": {"library": {"name": "analytics-go", "version": "3.0.0"}, "ip": "24.5.68.47"},
+        "sentAt": "2019-01-01T00:00:00Z",
+    },
+    {
+        "batch": [
+            {"type": "identify", "userId": "123456", "traits": {"email": "jake@yahoo.com"},
+             "timestamp": "2019-01-01T02:00:00+02:00", "messageId": "i-1"},
+            {"type": "group", "anonymousId": "anon-1", "groupId": "g-1",
+             "timestamp": "2019-01-01T00:00:00.123456-05:30"},
+            {"type": "page", "userId": "123456", "name": "Pricing", "timestamp": "2019-01-01t00:00:00z"},
+            {"type": "screen", "userId": "123456", "name": "Home"},
+            {"type": "alias", "userId": "123456", "previousId": "anon-1", "timestamp": "2016-12-31T23:59:60Z"},
+        ],
+        "messageId": "batch-without-uuid",
+        "context": {"library": {"name": "analytics-go", "version": "3.0.0"}},
+    },
+]
+
+
+def test_bodies_of_other_sdks_are_accepted_with_the_batch_context_merged() -> None:
+    with Collector(write_key=KEY, keep=None) as lenient:
+        for body in GO_SDK_BODIES:
+            r = post(lenient, body)
+            assert r.status_code == 200, r.text
+        received = lenient.received()
+    assert [m["type"] for m in received] == ["track", "identify", "group", "page", "screen", "alias"]
+    # The message's own context keys win; the batch's fill in the rest.
+    assert received[0]["context"] == {
+        "whatever": "here",
+        "library": {"name": "mine", "version": "9"},
+        "ip": "24.5.68.47",
+    }
+    assert all(m["context"]["library"]["name"] == "analytics-go" for m in received[1:])
+    assert received[1]["timestamp"] == "2019-01-01T02:00:00+02:00"  # kept as sent
+
+
+def test_strict_refuses_what_this_package_never_sends() -> None:
+    with Collector(write_key=KEY, strict=True) as strict:
+        r = post(strict, GO_SDK_BODIES[0])
+        assert r.status_code == 400 and "'messageId'" in r.json()["error"] and "(strict)" in r.json()["error"]
+        r = post(strict, {**GO_SDK_BODIES[0], "messageId": "b-1", "sentAt": "2015-12-02T00:30:08.276Z"})
+        assert r.status_code == 400 and r.json()["error"].startswith("batch[0] 'timestamp' must be RFC 3339 UTC")
+        assert post(strict, batch(message(0), context={"ip": "24.5.68.47"})).status_code == 200
+        assert strict.received()[0]["context"]["ip"] == "24.5.68.47"
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["2019-01-01 00:00:00Z", "2019-01-01T00:00Z", "2019-02-30T00:00:00Z", "2019-01-01T24:00:00Z",
+     "2019-01-01T00:00:00+25:00", "2019-01-01T00:00:00", "1546300800", 1546300800, "", None],
+)  # fmt: skip
+def test_lenient_still_refuses_what_is_not_rfc_3339(timestamp: Any) -> None:
+    with Collector() as lenient:
+        r = post(lenient, {"batch": [message(0, timestamp=timestamp)]}, key="any")
+        assert r.status_code == 400 and "batch[0] 'timestamp' must be an RFC 3339 date-time" in r.json()["error"]
+        for bad, expected in (
+            ({"batch": [message(0)], "context": "x"}, "the batch's 'context' must be an object"),
+            ({"batch": [message(0)], "sentAt": "yesterday"}, "'sentAt' must be an RFC 3339"),
+            ({"batch": [message(0, messageId="")]}, "batch[0] 'messageId' must be a non-empty string"),
+        ):
+            r = post(lenient, bad, key="any")
+            assert r.status_code == 400 and expected in r.json()["error"]
+
+
+# -- bounded memory ------------------------------------------------------------------------------------
+
+
+def test_keep_bounds_what_is_held_but_every_message_is_counted_and_written(out: Path) -> None:
+    with Collector(write_key=KEY, out=out, keep=3) as c:
+        for n in range(10):
+            assert post(c, batch(message(n))).status_code == 200
+        assert c.wait_for(10, timeout=1) and c.accepted == 10 and c.request_count == 10
+        assert [m["messageId"] for m in c.received()] == ["m-7", "m-8", "m-9"]
+        assert len(c.requests()) == 3
+        c.reset()
+        assert c.accepted == 0 and c.received() == [] and not c.wait_for(1, timeout=0.01)
+    assert len(out.read_text("utf-8").splitlines()) == 10
+    with pytest.raises(ValueError):
+        Collector(keep=-1)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_cli_collector_memory_stays_flat_while_100k_messages_pass(tmp_path: Path) -> None:
+    import subprocess
+
+    received = tmp_path / "all.jsonl"
+    log = tmp_path / "collector.log"
+    with log.open("w") as printed:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dreamdata_logging", "collector", "--port", "0", "--out", str(received)],
+            stdout=printed,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        url = log.read_text().split("listening on ")[1].split()[0]
+        per_request, total = 500, 100_000
+
+        def send(session: requests.Session, first: int) -> None:
+            doc = batch(*(message(first + i) for i in range(per_request)))
+            r = session.post(url, data=compact(doc), headers={"Content-Type": "application/json"}, auth=("k", ""))
+            assert r.status_code == 200, r.text
+
+        with requests.Session() as session:
+            for first in range(0, 10_000, per_request):  # warm up: the kept window fills
+                send(session, first)
+            before = _rss_kib(process.pid)
+            for first in range(10_000, total, per_request):
+                send(session, first)
+            after = _rss_kib(process.pid)
+        lines = received.read_text("utf-8").splitlines()
+        assert len(lines) == total and json.loads(lines[-1])["messageId"] == f"m-{total - 1}"
+        # Holding 90,000 more messages would cost well over 100 MB; the kept window and feed are bounded.
+        print(f"collector RSS: {before} KiB after 10,000 messages, {after} KiB after {total:,}")
+        assert after - before < 25 * 1024, (before, after)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# -- bounded requests: size, framing, encoding, time, headers ------------------------------------------
+
+
+def _raw(c: Collector, head: str, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", c.port), timeout=timeout)
+    auth = base64.b64encode(f"{KEY}:".encode()).decode()
+    sock.sendall(
+        f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+        f"Content-Type: application/json\r\n{head}\r\n".encode()
+    )
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_a_huge_declared_length_is_refused_without_reading_the_body(collector: Collector) -> None:
+    sock = _raw(collector, "Content-Length: 10000000000\r\n")
+    try:
+        answer = _answer(sock)  # no body was sent: the answer cannot have waited for it
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"Connection: close" in answer
+    assert b"10,000,000,000 bytes; the limit is 500,000" in answer
+
+
+def test_an_endless_chunked_body_is_cut_off(collector: Collector) -> None:
+    sock = _raw(collector, "Transfer-Encoding: chunked\r\n")
+    sent = 0
+    stop = threading.Event()
+
+    def flood() -> None:
+        nonlocal sent
+        chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+        try:
+            while not stop.is_set():
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the collector stopped reading and closed
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        answer = _answer(sock)
+    finally:
+        stop.set()
+        sock.close()
+        flooder.join(10)
+    assert answer.startswith(b"HTTP/1.1 413")
+    [record] = collector.requests()
+    assert record.status == 413 and record.body_size <= 3 * 1024 * 1024  # read no further than the drain bound
+    assert not flooder.is_alive()
+
+
+def test_a_gzip_bomb_is_inflated_no_further_than_the_limit(collector: Collector) -> None:
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"0" * (1 << 20)
+    bomb = b"".join(squeeze.compress(zeros) for _ in range(300)) + squeeze.flush()  # 300 MB inflated
+    assert len(bomb) < MAX_BODY_BYTES
+    r = post(collector, bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "decoded body is over 500,000 bytes" in r.json()["error"]
+    assert collector.requests()[-1].decoded_size == MAX_BODY_BYTES + 1
+
+
+def test_a_slow_client_is_cut_off_after_the_request_deadline() -> None:
+    with Collector(write_key=KEY, request_timeout=0.5) as c:
+        started = time.monotonic()
+        sock = _raw(c, "Content-Length: 100\r\n")
+        sock.sendall(b'{"batch": [')  # then nothing more
+        try:
+            answer = _answer(sock)
+        finally:
+            sock.close()
+        assert time.monotonic() - started < 10  # a generous bound on a 0.5 s deadline
+        assert answer.startswith(b"HTTP/1.1 408") and b"not complete within 0.5 s" in answer
+        # Headers that never end are cut off too.
+        sock = socket.create_connection(("127.0.0.1", c.port), timeout=10)
+        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        ended = time.monotonic()
+        try:
+            while sock.recv(65536):  # the connection ends: closed, perhaps after an answer
+                pass
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        assert time.monotonic() - ended < 10  # not the 30 s idle timeout: the 0.5 s request deadline
+        assert post(c, batch(message())).status_code == 200  # others are served all along
+
+
+def test_headers_are_bounded(collector: Collector) -> None:
+    head = "".join(f"X-Filler-{i}: {'y' * 1000}\r\n" for i in range(60))  # 60 KB of headers
+    sock = _raw(collector, head + "Content-Length: 2\r\n")
+    try:
+        answer = _answer(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 431") and b"must fit in 32,768 bytes" in answer
+    assert collector.requests()[-1].status == 431

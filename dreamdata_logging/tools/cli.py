@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .. import DreamdataHandler, alias, group, identify, page, screen, track
 from .._version import __version__
-from .collector import Collector, run_collector
+from .collector import CLI_KEEP, Collector, run_collector
 
 DEMO_WRITE_KEY = "demo-write-key"
 
@@ -58,7 +58,7 @@ def emit_reference_events(log: logging.Logger) -> int:
 
 def demo(out: Any = sys.stdout) -> int:
     """Run the whole pipeline on this machine: collector, logging config, events, flush, report."""
-    with Collector(write_key=DEMO_WRITE_KEY) as collector:
+    with Collector(write_key=DEMO_WRITE_KEY, strict=True) as collector:  # the handler sends the exact format
         os.environ["DREAMDATA_WRITE_KEY"] = DEMO_WRITE_KEY
         os.environ["DREAMDATA_ENDPOINT"] = collector.url
         logging.config.dictConfig(json.loads(_example_text("logging.json")))
@@ -101,11 +101,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dreamdata-logging {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the pipeline locally against the bundled collector (no network, no key)")
-    collector = commands.add_parser("collector", help="a local stand-in for the batch endpoint")
+    collector = commands.add_parser(
+        "collector",
+        help="a local stand-in for the batch endpoint, with a live event debugger at GET /",
+        description="A local stand-in for Dreamdata's POST /v1/batch: checks auth, JSON, the 500,000-byte limit "
+        "and each message as the API does, and prints a line per request. Open http://HOST:PORT/ in a browser "
+        "for the live event debugger. Memory stays bounded: only the last --keep messages are kept (for the "
+        "counts and the debugger); every accepted message is appended to --out.",
+    )
     collector.add_argument("--host", default="127.0.0.1")
-    collector.add_argument("--port", type=int, default=8765)
+    collector.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
     collector.add_argument("--write-key", default=None, help="accept only this key (default: any non-empty key)")
-    collector.add_argument("--out", default=None, help="append accepted messages to this JSON-lines file")
+    collector.add_argument(
+        "--out", default=None, help="append every accepted message to this JSON-lines file (nothing is lost)"
+    )
+    collector.add_argument(
+        "--strict",
+        action="store_true",
+        help="also enforce this package's exact format (envelope messageId and sentAt, each message's messageId, "
+        "timestamps like 2012-12-02T00:30:08.276Z); by default any RFC 3339 timestamp, no envelope messageId "
+        "and a batch-level context are accepted, as the API does",
+    )
+    collector.add_argument(
+        "--keep",
+        metavar="N",
+        type=_count,
+        default=CLI_KEEP,
+        help=f"messages kept in memory, the newest (default {CLI_KEEP:,}); older ones are only in --out",
+    )
     send = commands.add_parser(
         "send",
         help="send a batch document or JSON lines of messages to the endpoint",
@@ -129,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "demo":
         return demo()
     if args.command == "collector":
-        return run_collector(args.host, args.port, args.write_key, args.out)
+        return run_collector(args.host, args.port, args.write_key, args.out, strict=args.strict, keep=args.keep)
     if args.command == "send":
         from .send import send_file
 

@@ -1,12 +1,20 @@
-"""A local stand-in for Dreamdata's ``POST /v1/batch``.
+"""A local stand-in for Dreamdata's ``POST /v1/batch``, with a live event debugger at ``GET /``.
 
 It checks what the real endpoint checks (auth, JSON, the 500,000-byte body limit, each message) and
-answers as it would: 200 ``{"success": true}``, or 400/401/404/405/413 with ``{"error": "<reason>"}``.
-It is what ``dreamdata-logging collector``, the demo and the project's tests talk to, so it also
-records every request and can inject faults (error statuses, stalls, dropped connections, outages).
+answers as it would: 200 ``{"success": true}``, or 400/401/404/405/408/413/431 with ``{"error": "<reason>"}``.
+By default it accepts what the real API accepts from any client (any RFC 3339 timestamp, no envelope
+``messageId``, a batch-level ``context`` merged into each message); ``strict=True`` (``--strict``) also
+enforces this package's exact format (see :func:`dreamdata_logging._wire.wire_problem`).
 
-Besides the standard library it uses only the package's wire checks (``message.wire_problem``), the same
-ones ``dreamdata-logging send`` applies before sending; it does not need the handler.
+It is what ``dreamdata-logging collector``, the demo and the project's tests talk to, so it also records
+requests and messages (the last ``keep`` of each; ``keep=None`` keeps everything), appends accepted
+messages to ``out`` as JSON lines, and can inject faults (error statuses, stalls, dropped connections,
+outages). Each request's memory and time are bounded whatever its framing or encoding: headers, a
+declared or chunked body over the limit, a gzip body that inflates past it, and a client too slow to
+finish its request within ``request_timeout`` are all refused without holding more than the limit.
+
+Besides the standard library it uses only the package's wire checks, the same ones
+``dreamdata-logging send`` applies before sending; it does not need the handler.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ import binascii
 import collections
 import dataclasses
 import hmac
+import http.client
 import json
 import os
+import select
 import socket
 import socketserver
 import sys
@@ -29,26 +39,65 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
+from .._wire import api_problem as _api_problem
+from .._wire import is_rfc3339_timestamp as _is_rfc3339
 from .._wire import is_wire_timestamp as _is_timestamp
 from .._wire import wire_problem as _message_problem
+from ._debugger_page import PAGE as _PAGE
 
-__all__ = ["BATCH_PATH", "MAX_BODY_BYTES", "MAX_MESSAGE_BYTES", "Collector", "Fault", "RequestRecord", "run_collector"]
+__all__ = [
+    "BATCH_PATH",
+    "DEFAULT_KEEP",
+    "MAX_BODY_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "Collector",
+    "Fault",
+    "RequestRecord",
+    "run_collector",
+]
 
 BATCH_PATH = "/v1/batch"
+PAGE_PATH = "/"  # the debugger page
+EVENTS_PATH = "/events"  # its server-sent events
 MAX_BODY_BYTES = 500_000  # per request, as sent before any gzip
 MAX_MESSAGE_BYTES = 32_000  # per message, serialised compactly
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+#: How many messages (and request records) a :class:`Collector` keeps by default; all are counted.
+DEFAULT_KEEP = 10_000
+#: How many the ``dreamdata-logging collector`` command keeps (it streams everything to ``--out``).
+CLI_KEEP = 1_000
 
-# A body this large is not worth reading just to keep the connection in step: answer and close instead.
-_DRAIN_LIMIT = 64 * 1024 * 1024
+# An over-limit body up to this size is read and thrown away, so a keep-alive connection stays usable;
+# a larger one (declared, or chunked past it) is answered at once and its connection closed.
+_DRAIN_LIMIT = 2 * 1024 * 1024
+# A gzip body may be a little larger than what it inflates to; never more than this on the wire.
+_GZIP_WIRE_LIMIT = MAX_BODY_BYTES + 64 * 1024
+# The request line and headers of one request, together.
+_HEADER_LIMIT = 32 * 1024
+# After answering a request whose body is left unread: read and discard at most this much, for at most
+# this long, before closing, so the client reads the answer instead of a connection reset.
+_LINGER_BYTES = 1024 * 1024
+_LINGER_SECONDS = 1.0
 # How often the accept loop looks for a stop request; bounds how long stop() takes.
 _POLL_INTERVAL = 0.05
+# How often the deadline watcher looks for requests that are taking too long.
+_REAP_INTERVAL = 0.1
 # How long stop() waits for connection threads (woken by the stop) to finish their request.
 _JOIN_TIMEOUT = 2.0
+# Debugger: seconds between keep-alive comments to an idle page (how soon a closed page is noticed),
+# most pages connected at once, and what the event feed keeps for pages that connect later.
+_SSE_PING = 5.0
+_MAX_PAGES = 32
+_FEED_ROWS = 2_000
+_FEED_BYTES = 8 * 1024 * 1024
+_FIELD_CHARS = 200  # a field shown in a debugger column
+_JSON_CHARS = 64 * 1024  # a message's JSON shown in the debugger (refused ones may be larger)
 _OK_BODY = b'{"success": true}'
 
 Message = Dict[str, Any]
 _Body = Tuple[Optional[bytes], int]  # (the body, or None when it was read but not kept; its size)
+# One message as judged: (the message as received, its compact JSON when it could be made, why it is refused)
+_Judged = Tuple[Any, Optional[bytes], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +124,7 @@ class RequestRecord:
     method: str
     path: str  # as requested, query string included
     headers: Dict[str, str]  # Authorization is redacted
-    body_size: int = 0  # bytes as sent
+    body_size: int = 0  # bytes as sent (for a body refused unread: as declared, or read so far)
     decoded_size: int = 0  # after gunzip (a refused gzip bomb stops counting past the limit)
     status: int = 0  # 0: no answer was sent (dropped, or the collector stopped mid-stall)
     message_count: int = 0  # messages in the batch, when the body could be read as one
@@ -90,6 +139,15 @@ class _Reject(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+
+
+class _Refused(Exception):
+    """A batch whose body and envelope are fine but some message is not: each message keeps its verdict."""
+
+    def __init__(self, reject: _Reject, judged: List[_Judged]) -> None:
+        super().__init__(reject.reason)
+        self.reject = reject
+        self.judged = judged
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -149,8 +207,8 @@ def _not_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_batch(body: bytes) -> List[Any]:
-    """The envelope's ``batch`` list, after checking the body and the envelope (not the messages)."""
+def _parse_batch(body: bytes, strict: bool) -> Tuple[List[Any], Optional[Dict[str, Any]]]:
+    """The envelope's ``batch`` list and batch-level ``context``, after checking the body and the envelope."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -164,22 +222,50 @@ def _parse_batch(body: bytes) -> List[Any]:
     batch = document.get("batch")
     if not isinstance(batch, list):
         raise _Reject(400, f"'batch' must be a list, not {_show(batch)}")
-    if not _filled(document.get("messageId")):
-        raise _Reject(400, "the batch needs a non-empty string 'messageId'")
-    if not _is_timestamp(document.get("sentAt")):
-        raise _Reject(
-            400,
-            "'sentAt' must be RFC 3339 UTC with milliseconds, like 2015-12-02T00:30:08.276Z,"
-            f" not {_show(document.get('sentAt'))}",
-        )
-    return batch
+    context = document.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise _Reject(400, f"the batch's 'context' must be an object, not {_show(context)}")
+    if strict:
+        if not _filled(document.get("messageId")):
+            raise _Reject(400, "the batch needs a non-empty string 'messageId' (strict)")
+        if not _is_timestamp(document.get("sentAt")):
+            raise _Reject(
+                400,
+                "'sentAt' must be RFC 3339 UTC with milliseconds, like 2015-12-02T00:30:08.276Z,"
+                f" not {_show(document.get('sentAt'))} (strict)",
+            )
+    else:
+        if "messageId" in document and not _filled(document["messageId"]):
+            shown = _show(document["messageId"])
+            raise _Reject(400, f"the batch's 'messageId' must be a non-empty string, not {shown}")
+        if "sentAt" in document and not _is_rfc3339(document["sentAt"]):
+            raise _Reject(400, f"'sentAt' must be an RFC 3339 date-time, not {_show(document['sentAt'])}")
+    return batch, context
 
 
-def _serialise_messages(batch: List[Any]) -> List[bytes]:
-    """Check each message; return each one's compact JSON (its size is checked, and it is the out line)."""
-    lines = []
-    for index, message in enumerate(batch):
-        problem = _message_problem(message)
+def _merge_context(batch: List[Any], context: Optional[Dict[str, Any]]) -> List[Any]:
+    """Each message with the batch-level ``context`` merged into its own (the message's keys win)."""
+    if not context:
+        return batch
+    merged: List[Any] = []
+    for message in batch:
+        if isinstance(message, dict):
+            own = message.get("context")
+            if own is None:
+                message = {**message, "context": dict(context)}
+            elif isinstance(own, dict):
+                message = {**message, "context": {**context, **own}}
+        merged.append(message)
+    return merged
+
+
+def _judge_messages(batch: List[Any], strict: bool) -> List[_Judged]:
+    """Each message with its compact JSON (the out line; its size is checked) or why it is refused."""
+    rule = _message_problem if strict else _api_problem
+    judged: List[_Judged] = []
+    for message in batch:
+        problem = rule(message)
+        line: Optional[bytes] = None
         if problem is None:
             try:
                 line = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -188,10 +274,15 @@ def _serialise_messages(batch: List[Any]) -> List[bytes]:
             else:
                 if len(line) > MAX_MESSAGE_BYTES:
                     problem = f"is {len(line):,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}"
+        judged.append((message, line, problem))
+    return judged
+
+
+def _first_problem(judged: List[_Judged]) -> Optional[Tuple[int, str]]:
+    for index, (_, _, problem) in enumerate(judged):
         if problem is not None:
-            raise _Reject(400, f"batch[{index}] {problem}")
-        lines.append(line)
-    return lines
+            return index, problem
+    return None
 
 
 def _peek(raw: Optional[bytes], gzipped: bool) -> Tuple[int, int]:
@@ -212,9 +303,86 @@ def _peek(raw: Optional[bytes], gzipped: bool) -> Tuple[int, int]:
 # -- HTTP ------------------------------------------------------------------------------------------
 
 
+class _Connection:
+    """What the deadline watcher knows about one open connection."""
+
+    __slots__ = ("thread", "deadline", "timed_out")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.deadline: Optional[float] = None  # monotonic; None: no deadline (an open debugger page)
+        self.timed_out = False
+
+
+class _HeaderBudget:
+    """The handler's ``rfile`` while it reads a request line and headers: at most ``budget`` bytes in all."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.budget: Optional[int] = None
+
+    def readline(self, limit: int = -1) -> bytes:
+        if self.budget is None:
+            return self.inner.readline(limit)  # type: ignore[no-any-return]
+        if self.budget <= 0:
+            raise http.client.LineTooLong(f"headers over {_HEADER_LIMIT:,} bytes")
+        line: bytes = self.inner.readline(min(limit, self.budget) if limit >= 0 else self.budget)
+        self.budget -= len(line)
+        if self.budget <= 0 and not line.endswith(b"\n"):
+            raise http.client.LineTooLong(f"headers over {_HEADER_LIMIT:,} bytes")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so a client's session reuses its connection
     server: _Server
+    _state: _Connection
+    _body_in: Any
+    _linger = False
+
+    def setup(self) -> None:
+        # Each read waits at most idle_timeout (also between requests on a keep-alive connection).
+        self.timeout = self.server.collector._idle_timeout  # type: ignore[misc]
+        super().setup()
+        self._body_in = self.rfile
+        self.rfile = _HeaderBudget(self._body_in)  # type: ignore[assignment]
+        self._state = self.server.state_of(self.connection)
+
+    def handle_one_request(self) -> None:
+        collector = self.server.collector
+        self._linger = False
+        self._state.deadline = time.monotonic() + collector._idle_timeout + collector._request_timeout
+        self.rfile.budget = None  # type: ignore[attr-defined]
+        super().handle_one_request()
+        if self._linger:
+            self._linger_close()
+
+    def parse_request(self) -> bool:
+        # The request line is in: from here the whole request has request_timeout.
+        self._state.deadline = time.monotonic() + self.server.collector._request_timeout
+        self.rfile.budget = _HEADER_LIMIT  # type: ignore[attr-defined]
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile.budget = None  # type: ignore[attr-defined]
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """Malformed request lines and headers (400, 414, 431, ...): a JSON answer, recorded, then close."""
+        reason = message or self.responses.get(code, ("error",))[0]
+        if code == 431 or "too long" in reason.lower():
+            code, reason = 431, f"request line and headers must fit in {_HEADER_LIMIT:,} bytes"
+        self.close_connection = True
+        path = getattr(self, "path", None)
+        record = RequestRecord(self.command or "-", path if isinstance(path, str) else "", {}, status=code)
+        record.error = reason
+        self.server.collector._record(record)
+        try:
+            self._reply(code, json.dumps({"error": reason}).encode())
+        except OSError:
+            pass
 
     def do_POST(self) -> None:
         self._serve()
@@ -227,6 +395,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         collector = self.server.collector
+        path = urlsplit(self.path).path
+        if self.command == "GET" and path in (PAGE_PATH, EVENTS_PATH):
+            # The debugger: never consumes a scripted fault, never appears among requests().
+            self._drain_small_body()
+            if path == PAGE_PATH:
+                self._reply(200, _PAGE, _PAGE_HEADERS)
+            else:
+                self._serve_events()
+            return
         headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
         record = RequestRecord(self.command, self.path, headers)
         fault = collector._next_fault()
@@ -235,6 +412,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             messages, lines = self._check(record)
+        except _Refused as refused:
+            reject = refused.reject
+            record.status, record.error = reject.status, reject.reason
+            collector._record(record, judged=refused.judged)
+            self._reply(reject.status, json.dumps({"error": reject.reason}).encode(), reject.headers)
+            return
         except _Reject as reject:
             record.status, record.error = reject.status, reject.reason
             collector._record(record)
@@ -245,7 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, _OK_BODY)
 
     def _check(self, record: RequestRecord) -> Tuple[List[Message], List[bytes]]:
-        """Read and judge the request as the real endpoint would; raise _Reject to refuse it."""
+        """Read and judge the request as the real endpoint would; raise _Reject or _Refused to refuse it."""
+        collector = self.server.collector
         path = urlsplit(self.path).path
         problem: Optional[str] = None
         status = 400
@@ -255,7 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command != "POST":
             status, problem, extra = 405, f"{self.command} is not allowed; use POST", {"Allow": "POST"}
         else:
-            problem = _auth_problem(self.headers.get("Authorization"), self.server.collector._write_key)
+            problem = _auth_problem(self.headers.get("Authorization"), collector._write_key)
             if problem is not None:
                 status, extra = 401, {"WWW-Authenticate": 'Basic realm="dreamdata"'}
         if problem is None:
@@ -270,8 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reject(status, problem, extra)
 
         gzipped = encoding == "gzip"
-        # Uncompressed, the declared length alone decides 413: the body is drained, never held.
-        raw, record.body_size = self._receive(_DRAIN_LIMIT if gzipped else MAX_BODY_BYTES)
+        raw, record.body_size = self._receive(_GZIP_WIRE_LIMIT if gzipped else MAX_BODY_BYTES)
         if raw is None:
             record.decoded_size = record.body_size
             raise _Reject(413, f"body is {record.body_size:,} bytes; the limit is {MAX_BODY_BYTES:,}")
@@ -282,9 +465,14 @@ class _Handler(BaseHTTPRequestHandler):
                 record.decoded_size = MAX_BODY_BYTES + 1
             raise
         record.decoded_size = len(body)
-        batch = _parse_batch(body)
+        batch, context = _parse_batch(body, collector._strict)
         record.message_count = len(batch)
-        return batch, _serialise_messages(batch)
+        judged = _judge_messages(_merge_context(batch, context), collector._strict)
+        first = _first_problem(judged)
+        if first is not None:
+            index, problem = first
+            raise _Refused(_Reject(400, f"batch[{index}] {problem}"), judged)
+        return [message for message, _, _ in judged], [line for _, line, _ in judged if line is not None]
 
     def _serve_fault(self, record: RequestRecord, fault: Fault) -> None:
         try:
@@ -310,56 +498,118 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Type"] = "application/json" if _is_json(body) else "text/plain; charset=utf-8"
         self._reply(fault.status, body, headers)
 
+    # -- reading bodies, within bounds --
+
+    def _timed_out(self) -> _Reject:
+        self.close_connection = True
+        return _Reject(
+            408, f"the request was not complete within {self.server.collector._request_timeout:g} s; connection closed"
+        )
+
     def _receive(self, max_keep: int) -> _Body:
         """Read the body, whatever its framing; keep it only up to ``max_keep`` bytes.
 
-        The body is always read, so the next request on a keep-alive connection starts where it
-        should; one that cannot be framed or is huge is left unread and the connection is closed.
+        An over-limit body up to ``_DRAIN_LIMIT`` is read and thrown away, so the next request on a
+        keep-alive connection starts where it should; a larger one is not read at all: the answer goes
+        out at once and the connection is closed.
         """
         if self.headers.get("Transfer-Encoding", "").strip().lower() == "chunked":
             return self._receive_chunked(max_keep)
         declared = self.headers.get("Content-Length", "0").strip()
-        if not (declared.isascii() and declared.isdigit()):
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
             self.close_connection = True
             raise _Reject(400, "malformed Content-Length")
         length = int(declared)
-        if length > _DRAIN_LIMIT:
-            self.close_connection = True
-            return None, length
         if length <= max_keep:
             return self._read(length), length
-        while length:  # drain in slices: the body is refused, no need to hold it
-            length -= len(self._read(min(length, 65536)))
-        return None, int(declared)
+        if length > _DRAIN_LIMIT:
+            self.close_connection = self._linger = True
+            return None, length
+        left = length
+        while left:  # drain in slices: the body is refused, no need to hold it
+            left -= len(self._read(min(left, 65536)))
+        return None, length
 
     def _receive_chunked(self, max_keep: int) -> _Body:
         parts: List[bytes] = []
         size = 0
         while True:
+            line = self._body_in.readline(1026)
+            if self._state.timed_out:
+                raise self._timed_out()
+            if not line:
+                raise ConnectionResetError("the client closed the connection mid-body")
             try:
-                chunk_size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                chunk_size = int(line.split(b";")[0].strip(), 16)
             except ValueError:
+                chunk_size = -1
+            if chunk_size < 0 or not line.endswith(b"\n"):
                 self.close_connection = True
-                raise _Reject(400, "malformed chunked body") from None
+                raise _Reject(400, "malformed chunked body")
             if chunk_size == 0:
                 break
             size += chunk_size
-            if size > _DRAIN_LIMIT:
-                self.close_connection = True
+            if size > _DRAIN_LIMIT:  # an endless or huge body: stop reading, answer, close
+                self.close_connection = self._linger = True
                 return None, size
-            chunk = self._read(chunk_size)
-            self.rfile.readline(1024)  # the CRLF after each chunk
             if size <= max_keep:
-                parts.append(chunk)
-        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-            pass  # trailers, unused
+                parts.append(self._read(chunk_size))
+            else:
+                parts.clear()
+                left = chunk_size
+                while left:
+                    left -= len(self._read(min(left, 65536)))
+            if self._body_in.readline(1026) not in (b"\r\n", b"\n"):  # the CRLF after each chunk
+                self.close_connection = True
+                raise _Reject(400, "malformed chunked body")
+        for _ in range(100):  # trailers, unused (at most 100 short lines)
+            if self._body_in.readline(1026) in (b"\r\n", b"\n", b""):
+                break
+        else:
+            self.close_connection = True
+            raise _Reject(400, "too many chunked trailers")
         return (b"".join(parts) if size <= max_keep else None), size
 
     def _read(self, n: int) -> bytes:
-        data = self.rfile.read(n)
+        data: bytes = self._body_in.read(n)
         if len(data) < n:
+            if self._state.timed_out:
+                raise self._timed_out()
             raise ConnectionResetError("the client closed the connection mid-body")
         return data
+
+    def _drain_small_body(self) -> None:
+        """A GET with a body (rare): read it when small, else close after answering."""
+        try:
+            self._receive(max_keep=0)
+        except _Reject:
+            self.close_connection = True
+
+    def _linger_close(self) -> None:
+        """After answering a request whose body was left unread: let the client read the answer, then close.
+
+        Closing at once with unread data makes the kernel reset the connection, which can destroy the
+        answer before the client reads it; so stop writing, read and discard a bounded amount for a
+        bounded time, and only then close.
+        """
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + _LINGER_SECONDS
+            budget = _LINGER_BYTES
+            while budget > 0:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                data = self.connection.recv(min(65536, budget))
+                if not data:
+                    break
+                budget -= len(data)
+        except OSError:
+            pass
+
+    # -- answering --
 
     def _reply(self, status: int, body: bytes, headers: Optional[Mapping[str, str]] = None) -> None:
         self.send_response(status)
@@ -374,6 +624,62 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _serve_events(self) -> None:
+        """``GET /events``: the debugger's server-sent events, until the page or the collector goes away."""
+        collector = self.server.collector
+        feed = collector._feed
+        self.close_connection = True
+        if not feed.enter():
+            self._reply(503, json.dumps({"error": f"at most {_MAX_PAGES} debugger pages at once"}).encode())
+            return
+        self._state.deadline = None  # a page stays connected as long as it likes
+        try:
+            try:
+                last = int(self.headers.get("Last-Event-ID", "0").strip() or "0")
+            except ValueError:
+                last = 0
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Accel-Buffering", "no")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"retry: 1000\n\n")
+            while not collector._stopping.is_set():
+                chunks, last = feed.wait_after(last, _SSE_PING)
+                if collector._stopping.is_set():
+                    break
+                if chunks:
+                    self.wfile.write(b"".join(chunks))
+                elif self._page_gone():
+                    break
+                else:
+                    self.wfile.write(b": ping\n\n")
+        except OSError:
+            pass  # the page went away mid-write
+        finally:
+            feed.leave()
+
+    def _page_gone(self) -> bool:
+        """A page never sends anything on its event stream: readable means it closed the connection."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+
+_PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    # Nothing is fetched from anywhere but this collector; the page's own script and style are inline.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _is_json(body: bytes) -> bool:
@@ -392,8 +698,9 @@ class _Server(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.collector = collector
-        # Open connections and their threads, so stop() can end idle keep-alive reads and stalls.
-        self.connections: Dict[socket.socket, threading.Thread] = {}
+        # Open connections and their threads, so stop() can end idle keep-alive reads and stalls, and
+        # the deadline watcher can end requests that take too long.
+        self.connections: Dict[socket.socket, _Connection] = {}
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -408,9 +715,14 @@ class _Server(ThreadingHTTPServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
 
+    def state_of(self, sock: socket.socket) -> _Connection:
+        with self.connections_lock:
+            state = self.connections.get(sock)
+        return state if state is not None else _Connection(threading.current_thread())
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
-            self.connections[request] = threading.current_thread()
+            self.connections[request] = _Connection(threading.current_thread())
         try:
             if not self.collector._stopping.is_set():  # accepted just as stop() took its snapshot
                 super().process_request_thread(request, client_address)
@@ -425,6 +737,19 @@ class _Server(ThreadingHTTPServer):
             return  # the client went away, or stop() closed the connection: nothing to report
         super().handle_error(request, client_address)
 
+    def watch_deadlines(self, stopping: threading.Event) -> None:
+        """Stop reading from any connection whose request is past its deadline (slow or stalled clients)."""
+        while not stopping.wait(_REAP_INTERVAL):
+            now = time.monotonic()
+            with self.connections_lock:
+                late = [(s, c) for s, c in self.connections.items() if c.deadline is not None and c.deadline < now]
+            for sock, state in late:
+                state.timed_out, state.deadline = True, None
+                try:
+                    sock.shutdown(socket.SHUT_RD)  # a blocked read returns; the answer (408) can still go out
+                except OSError:
+                    pass
+
     def close_connections(self) -> List[threading.Thread]:
         with self.connections_lock:
             open_connections = list(self.connections.items())
@@ -433,7 +758,135 @@ class _Server(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading the next request
             except OSError:
                 pass  # already closed by its thread
-        return [thread for _, thread in open_connections]
+        return [state.thread for _, state in open_connections]
+
+
+# -- the debugger's event feed ---------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    """A field for a debugger column: text as is, anything else as JSON; never very long."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError):
+            text = type(value).__name__
+    return text if len(text) <= _FIELD_CHARS else text[: _FIELD_CHARS - 1] + "\u2026"
+
+
+def _json_text(message: Any, line: Optional[bytes]) -> str:
+    if line is not None:
+        return line.decode("utf-8")
+    try:
+        text = json.dumps(message, ensure_ascii=True, separators=(",", ":"), default=str)
+    except (ValueError, TypeError, RecursionError):
+        text = json.dumps(repr(message)[:_JSON_CHARS])
+    if len(text) > _JSON_CHARS:
+        text = json.dumps(f"(not shown whole: {len(text):,} characters) " + text[: _JSON_CHARS - 100])
+    return text
+
+
+def _row(message: Any, line: Optional[bytes], reason: Optional[str]) -> Dict[str, str]:
+    fields = message if isinstance(message, dict) else {}
+    name = next((fields[k] for k in ("event", "name", "groupId", "previousId") if fields.get(k) is not None), None)
+    return {
+        "type": _text(fields.get("type")),
+        "name": _text(name),
+        "userId": _text(fields.get("userId")),
+        "anonymousId": _text(fields.get("anonymousId")),
+        "messageId": _text(fields.get("messageId")),
+        "status": "accepted" if reason is None else "refused",
+        "reason": reason or "",
+        "json": _json_text(message, line),
+    }
+
+
+class _Feed:
+    """What happened lately, as ready-made server-sent events; pages wait on it, nothing waits for pages.
+
+    Publishing costs the same however many pages are connected (one encoding, one notify); each page's
+    thread writes at its own pace, and a page that falls behind the feed's bound skips what was dropped.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._events: Deque[Tuple[int, bytes, int]] = collections.deque()  # (id, event bytes, rows)
+        self._rows = 0
+        self._bytes = 0
+        self._seq = 0
+        self._pages = 0
+        self._closed = False
+
+    def publish(self, record: RequestRecord, judged: Optional[List[_Judged]]) -> None:
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        refused_at = _first_problem(judged) if judged else None
+        rows = []
+        for message, line, problem in judged or ():
+            if problem is None and refused_at is not None:
+                problem = f"not accepted: its batch was refused because of batch[{refused_at[0]}]"
+            rows.append(_row(message, line, problem))
+        request = {
+            "method": _text(record.method),
+            "path": _text(urlsplit(record.path).path),  # never a query string
+            "status": record.status,
+            "reason": record.error or "",
+            "size": record.body_size,
+            "messages": record.message_count,
+            "level": record.status != 200 and not rows,  # refused before any message was read
+        }
+        with self._changed:
+            self._seq += 1
+            entry = {"id": self._seq, "time": stamp, "request": request, "rows": rows}
+            data = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            event = b"id: %d\nevent: batch\ndata: %s\n\n" % (self._seq, data)
+            self._events.append((self._seq, event, len(rows)))
+            self._rows += len(rows)
+            self._bytes += len(event)
+            while len(self._events) > 1 and (self._rows > _FEED_ROWS or self._bytes > _FEED_BYTES):
+                _, old, count = self._events.popleft()
+                self._rows -= count
+                self._bytes -= len(old)
+            self._changed.notify_all()
+
+    def wait_after(self, last: int, timeout: float) -> Tuple[List[bytes], int]:
+        """The events after id ``last`` (waiting up to ``timeout`` for one), and the newest id."""
+        with self._changed:
+            if last > self._seq:
+                last = 0  # an id from an earlier collector: send everything kept
+            self._changed.wait_for(lambda: self._seq > last or self._closed, timeout)
+            chunks = [event for seq, event, _ in self._events if seq > last]
+            return chunks, self._seq
+
+    def enter(self) -> bool:
+        with self._changed:
+            if self._pages >= _MAX_PAGES or self._closed:
+                return False
+            self._pages += 1
+            return True
+
+    def leave(self) -> None:
+        with self._changed:
+            self._pages -= 1
+
+    @property
+    def pages(self) -> int:
+        with self._changed:
+            return self._pages
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        with self._changed:
+            self._events.clear()
+            self._rows = self._bytes = 0
 
 
 # -- the collector ---------------------------------------------------------------------------------
@@ -446,6 +899,14 @@ class Collector:
     :meth:`start` (background) or :meth:`serve_forever` (foreground). A stopped collector cannot be
     started again: make a new one, on the same :attr:`port` if needed. ``write_key=None`` (or "")
     accepts any non-empty key.
+
+    ``strict=True`` also enforces this package's exact format; by default what Dreamdata's API accepts
+    from any client is accepted. ``keep`` bounds how many accepted messages (and request records)
+    :meth:`received` and :meth:`requests` return, the newest ones; ``keep=None`` keeps everything.
+    :meth:`wait_for` and :attr:`accepted` count every accepted message, kept or not. ``out`` gets every
+    accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
+    (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
+    The live event debugger is at :attr:`page_url`.
     """
 
     def __init__(
@@ -455,22 +916,38 @@ class Collector:
         write_key: Optional[str] = None,
         out: Union[str, os.PathLike[str], None] = None,
         verbose: bool = False,
+        *,
+        strict: bool = False,
+        keep: Optional[int] = DEFAULT_KEEP,
+        request_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
     ) -> None:
+        if keep is not None and keep < 0:
+            raise ValueError(f"keep must be None or 0 or more, not {keep}")
+        if not request_timeout > 0 or not idle_timeout > 0:
+            raise ValueError("request_timeout and idle_timeout must be more than 0")
         self._write_key = write_key or None
         self._out = os.fspath(out) if out is not None else None
         if self._out is not None:
             open(self._out, "ab").close()  # fail now, not at the first batch, if it can't be written
         self._verbose = verbose
+        self._strict = strict
+        self._request_timeout = float(request_timeout)
+        self._idle_timeout = float(idle_timeout)
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._messages: List[Message] = []
-        self._requests: List[RequestRecord] = []
+        self._messages: Deque[Message] = collections.deque(maxlen=keep)
+        self._requests: Deque[RequestRecord] = collections.deque(maxlen=keep)
+        self._accepted = 0
+        self._request_count = 0
         self._faults: Deque[Fault] = collections.deque()
         self._down: Optional[Fault] = None
+        self._feed = _Feed()
         self._stopping = threading.Event()  # also ends stalls early
         self._serving = False
         self._stopped = False
         self._thread: Optional[threading.Thread] = None
+        self._watcher: Optional[threading.Thread] = None
         self._server = _Server((host, port), self)
 
     def __repr__(self) -> str:
@@ -478,9 +955,18 @@ class Collector:
 
     @property
     def url(self) -> str:
+        """The batch endpoint, e.g. ``http://127.0.0.1:8765/v1/batch``."""
+        return self._base() + BATCH_PATH
+
+    @property
+    def page_url(self) -> str:
+        """The live event debugger, e.g. ``http://127.0.0.1:8765/``."""
+        return self._base() + PAGE_PATH
+
+    def _base(self) -> str:
         host, port = self._server.server_address[:2]
         host = str(host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}{BATCH_PATH}"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     @property
     def port(self) -> int:
@@ -496,7 +982,12 @@ class Collector:
             if self._serving:
                 return False
             self._serving = True
-            return True
+        self._watcher = threading.Thread(
+            target=self._server.watch_deadlines, args=(self._stopping,), name=f"collector-{self.port}-deadlines"
+        )
+        self._watcher.daemon = True
+        self._watcher.start()
+        return True
 
     def start(self) -> Collector:
         """Serve in a background daemon thread; returns self. Calling it again while serving is a no-op."""
@@ -519,13 +1010,14 @@ class Collector:
             self.stop()
 
     def stop(self) -> None:
-        """Stop serving, close the socket and every open connection; idempotent."""
+        """Stop serving, close the socket and every open connection (debugger pages too); idempotent."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             serving = self._serving
         self._stopping.set()
+        self._feed.close()
         if serving:  # shutdown() waits for the accept loop, which only exists once serving began
             self._server.shutdown()
         self._server.server_close()
@@ -533,8 +1025,9 @@ class Collector:
         for thread in self._server.close_connections():
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for own in (self._thread, self._watcher):
+            if own is not None and own is not threading.current_thread():
+                own.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -545,25 +1038,45 @@ class Collector:
     # -- what arrived --
 
     def received(self) -> List[Message]:
-        """A copy of every accepted message, in arrival order."""
+        """A copy of the accepted messages kept (every one with ``keep=None``; else the newest), oldest first.
+
+        A batch-level ``context`` is already merged into each message.
+        """
         with self._lock:
             return list(self._messages)
 
     def requests(self) -> List[RequestRecord]:
-        """A copy of the record of every request seen, accepted or not, in arrival order."""
+        """A copy of the records of the requests kept (accepted or not; the newest ``keep``), oldest first.
+
+        The debugger's own requests (``GET /`` and ``GET /events``) are not among them.
+        """
         with self._lock:
             return [dataclasses.replace(record) for record in self._requests]
+
+    @property
+    def accepted(self) -> int:
+        """How many messages were accepted (since the start or the last :meth:`reset`), kept or not."""
+        with self._lock:
+            return self._accepted
+
+    @property
+    def request_count(self) -> int:
+        """How many requests were seen (since the start or the last :meth:`reset`), kept or not."""
+        with self._lock:
+            return self._request_count
 
     def wait_for(self, count: int, timeout: float) -> bool:
         """Block until at least ``count`` messages were accepted; False if ``timeout`` passed first."""
         with self._arrived:
-            return self._arrived.wait_for(lambda: len(self._messages) >= count, timeout)
+            return self._arrived.wait_for(lambda: self._accepted >= count, timeout)
 
     def reset(self) -> None:
-        """Forget the messages and requests seen so far (faults stay scripted)."""
+        """Forget the messages and requests seen so far, and their counts (faults stay scripted)."""
         with self._lock:
             self._messages.clear()
             self._requests.clear()
+            self._accepted = self._request_count = 0
+        self._feed.clear()
 
     # -- fault injection --
 
@@ -586,17 +1099,26 @@ class Collector:
             return self._faults.popleft() if self._faults else None
 
     def _record(
-        self, record: RequestRecord, messages: Optional[List[Message]] = None, lines: Optional[List[bytes]] = None
+        self,
+        record: RequestRecord,
+        messages: Optional[List[Message]] = None,
+        lines: Optional[List[bytes]] = None,
+        judged: Optional[List[_Judged]] = None,
     ) -> None:
         with self._arrived:
             self._requests.append(record)
+            self._request_count += 1
             if messages:
                 if self._out is not None and lines:
-                    # Under the lock, so the file's order is received()'s; closing flushes per batch.
+                    # Under the lock, so the file's order is the order of arrival; closing flushes per batch.
                     with open(self._out, "ab") as out:
                         out.write(b"\n".join(lines) + b"\n")
                 self._messages.extend(messages)
+                self._accepted += len(messages)
                 self._arrived.notify_all()
+        if messages and lines is not None and judged is None:
+            judged = [(message, line, None) for message, line in zip(messages, lines)]
+        self._feed.publish(record, judged)
         if self._verbose:
             self._report(record)
 
@@ -610,8 +1132,9 @@ class Collector:
         size = f"{record.body_size:,} bytes"
         if record.decoded_size != record.body_size and record.decoded_size:
             size += f" ({record.decoded_size:,} decoded)"
+        path = urlsplit(record.path).path  # never a query string
         line = (
-            f"{time.strftime('%H:%M:%S')} {record.status or '---'} {record.method} {record.path}"
+            f"{time.strftime('%H:%M:%S')} {record.status or '---'} {record.method} {path}"
             f" {record.message_count} messages, {size}"
         )
         if record.error:
@@ -622,17 +1145,29 @@ class Collector:
 
 
 def run_collector(
-    host: str = "127.0.0.1", port: int = 8765, write_key: Optional[str] = None, out: Optional[str] = None
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    write_key: Optional[str] = None,
+    out: Optional[str] = None,
+    *,
+    strict: bool = False,
+    keep: int = CLI_KEEP,
 ) -> int:
     """``dreamdata-logging collector``: serve in the foreground, a line per request, until Ctrl-C."""
     try:
-        collector = Collector(host, port, write_key=write_key, out=out, verbose=True)
+        collector = Collector(host, port, write_key=write_key, out=out, verbose=True, strict=strict, keep=keep)
     except OSError as exc:
-        print(f"dreamdata-logging collector: cannot start on {host}:{port}: {exc}", file=sys.stderr)
+        print(f"dreamdata-logging collector: cannot start on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     auth = "checking the write key" if write_key else "accepting any non-empty write key"
-    target = f", appending accepted messages to {out}" if out else ""
-    print(f"dreamdata-logging collector listening on {collector.url} ({auth}{target}); Ctrl-C stops it", flush=True)
+    rules = "this package's exact format (--strict)" if strict else "what Dreamdata's API accepts"
+    target = f"; appending accepted messages to {out}" if out else ""
+    print(
+        f"dreamdata-logging collector listening on {collector.url} ({auth}; checking {rules}{target});"
+        f" Ctrl-C stops it\nlive event debugger: open {collector.page_url} in a browser"
+        f" (it shows the last {_FEED_ROWS:,} events; {keep:,} messages are kept in memory)",
+        flush=True,
+    )
     collector.serve_forever()
-    print(f"stopped: {len(collector.requests())} requests, {len(collector.received())} messages accepted", flush=True)
+    print(f"stopped: {collector.request_count} requests, {collector.accepted} messages accepted", flush=True)
     return 0
