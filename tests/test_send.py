@@ -305,3 +305,71 @@ def test_memory_stays_bounded_whatever_the_file_size(tmp_path):
         collector.stop()
     growth_kib = sizes[200_000] - sizes[20_000]
     assert growth_kib < 20 * 1024, sizes  # ~40 MB more file; loading it would add hundreds of MB
+
+
+def _document_with_context_last(messages: list[Any]) -> str:
+    # As Segment-style SDKs write it: the batch-level context after the batch, no envelope messageId.
+    return json.dumps(
+        {"batch": messages, "context": {"library": {"name": "analytics-go", "version": "3.0.0"}, "ip": "24.5.68.47"}},
+        indent=2,
+    )
+
+
+def test_batch_level_context_is_merged_into_each_message(collector, tmp_path, capsys):
+    own = message(1, context={"ip": "10.0.0.1", "locale": "da-DK"})
+    path = tmp_path / "sdk.json"
+    path.write_text(_document_with_context_last([message(0), own]))
+    assert run(str(path), "--write-key", WRITE_KEY, "--endpoint", collector.url) == 0
+    first, second = collector.received()
+    assert first["context"] == {"library": {"name": "analytics-go", "version": "3.0.0"}, "ip": "24.5.68.47"}
+    # The message's own keys win; the batch's fill in the rest.
+    assert second["context"] == {"library": {"name": "analytics-go", "version": "3.0.0"}, "ip": "10.0.0.1",
+                                 "locale": "da-DK"}  # fmt: skip
+    (tmp_path / "bad.json").write_text('{"batch": [], "context": "text"}')
+    assert run(str(tmp_path / "bad.json"), "--dry-run") == 2
+    assert "the batch's 'context' must be an object" in capsys.readouterr().err
+
+
+def test_batch_level_context_from_standard_input(collector):
+    done = subprocess.run(
+        [sys.executable, "-m", "dreamdata_logging", "send", "-", "--write-key", WRITE_KEY, "--endpoint", collector.url],
+        input=_document_with_context_last([message(n) for n in range(3)]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [m["context"]["ip"] for m in collector.received()] == ["24.5.68.47"] * 3
+
+
+def test_output_never_shows_the_key_or_the_endpoints_private_parts(collector, tmp_path, capsys):
+    import base64
+    from urllib.parse import quote
+
+    key = "wk-send-secret/+=ÿ-4471"
+    endpoint = collector.url + "?token=tok-8812#frag-2290"
+    secrets = [
+        key,
+        quote(key, safe=""),
+        base64.b64encode(f"{key}:".encode()).decode(),
+        base64.b64encode(key.encode()).decode(),
+        "pass-word-5531",
+        "tok-8812",
+        "frag-2290",
+    ]
+    # A key pasted into the wrong field is quoted back in the reason a message is refused.
+    path = write_lines(tmp_path / "s.jsonl", [message(0), {"type": key, "userId": "u"}])
+    for args in (
+        ["--write-key", key, "--endpoint", endpoint],  # refused: this key is not the collector's
+        ["--write-key", key, "--endpoint", endpoint, "--dry-run"],
+        ["--write-key", key, "--endpoint", endpoint.replace("http://", "ftp://")],  # a usage error
+        ["--write-key", key, "--endpoint", endpoint.replace("http://", "http://someone:pass-word-5531@")],
+    ):
+        run(str(path), *args)
+        printed = capsys.readouterr()
+        text = printed.out + printed.err
+        assert "dreamdata-logging send" in text or "invalid messages: 1" in text
+        for secret in secrets:
+            assert secret not in text, (args, secret)
+    run(str(path), "--dry-run")  # no key given: the same line is shown as it is
+    assert "'wk-send-secret" in capsys.readouterr().out

@@ -19,12 +19,14 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, Callable, Optional, TextIO
+from typing import IO, Any, BinaryIO, Callable, Optional, TextIO, cast
 
 from .._transport import DEFAULT_ENDPOINT, Transport
 from .._wire import (
@@ -127,8 +129,11 @@ def _json_lines(stream: BinaryIO, first_line: int, pending: list[bytes]) -> Iter
 class _DocumentReader:
     """Streams the ``batch`` list of ``{"batch": [...], ...}`` out of a text stream, value by value."""
 
-    def __init__(self, read: Callable[[], str], initial: str, first_line: int) -> None:
+    def __init__(self, read: Callable[[], str], initial: str, first_line: int, skip_batch: bool = False) -> None:
         self._read = read
+        self._skip_batch = skip_batch  # only looking for the batch-level context: read past the messages
+        #: The document's batch-level ``context`` (merged into each message), once read.
+        self.context: Optional[dict[str, Any]] = None
         self._buf = initial
         self._pos = 0
         self._eof = False
@@ -206,6 +211,12 @@ class _DocumentReader:
                 if key == "batch":
                     found = True
                     yield from self._batch()
+                elif key == "context":
+                    context = self._value()
+                    if not isinstance(context, dict):
+                        raise FileFormatError(self.line(), "the batch's 'context' must be an object")
+                    if self.context is None:  # one found by a first look at the whole file is the same
+                        self.context = context
                 else:
                     self._value()  # the envelope's messageId, sentAt, ...: a new one is made per request
                 if self._expect(",}", "',' or '}'") == "}":
@@ -225,7 +236,9 @@ class _DocumentReader:
         while True:
             self._peek()
             line = self.line()
-            yield Item(line, self._value())
+            value = self._value()
+            if not self._skip_batch:
+                yield Item(line, with_context(value, self.context))
             if self._expect(",]", "',' or ']'") == "]":
                 return
 
@@ -254,13 +267,48 @@ def read_messages(stream: BinaryIO) -> tuple[str, Iterator[Item]]:
         value = None
     if isinstance(value, dict) and "batch" not in value:
         return "JSON lines", _json_lines(stream, 1, pending)
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        initial = decoder.decode(b"".join(pending)).lstrip("\ufeff")
-    except UnicodeDecodeError as exc:
-        raise FileFormatError(line, f"is not valid UTF-8 (at byte {exc.start})") from None
+    initial = b"".join(pending).decode("utf-8", errors="replace").lstrip("\ufeff")  # a first look only
     if not initial.lstrip().startswith("{"):
         raise FileFormatError(line, 'neither a batch document ({"batch": [...]}) nor JSON lines (one message per line)')
+    # The batch-level context applies to every message, and may come after the batch: look through the
+    # whole document for it first (a stream that cannot be read twice is copied to a temporary file).
+    if not _seekable(stream):
+        stream = _copy_to_temporary(pending, stream)
+        pending = []
+    origin = stream.tell() - sum(map(len, pending))
+    context: Optional[dict[str, Any]] = None
+    scan = _document_reader(stream, origin, skip_batch=True)
+    try:
+        for _ in scan.items():
+            pass
+        context = scan.context
+    except FileFormatError:
+        context = scan.context  # the real reading names the problem, at its line
+    reader = _document_reader(stream, origin)
+    reader.context = context
+    return "batch document", reader.items()
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _copy_to_temporary(pending: list[bytes], stream: BinaryIO) -> BinaryIO:
+    copy = tempfile.TemporaryFile()  # on disk: memory stays bounded whatever comes in
+    for raw in pending:
+        copy.write(raw)
+    shutil.copyfileobj(stream, copy, CHUNK_CHARS)
+    copy.seek(0)
+    return copy
+
+
+def _document_reader(stream: BinaryIO, origin: int, skip_batch: bool = False) -> _DocumentReader:
+    """A reader of the batch document in ``stream`` from byte ``origin``."""
+    stream.seek(origin)
+    decoder = codecs.getincrementaldecoder("utf-8")()
 
     def read_text() -> str:
         while True:
@@ -269,7 +317,23 @@ def read_messages(stream: BinaryIO) -> tuple[str, Iterator[Item]]:
             if text or not chunk:
                 return text
 
-    return "batch document", _DocumentReader(read_text, initial, 1).items()
+    try:
+        initial = read_text().lstrip("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(1, f"is not valid UTF-8 (at byte {exc.start})") from None
+    return _DocumentReader(read_text, initial, 1, skip_batch=skip_batch)
+
+
+def with_context(message: Any, context: Optional[dict[str, Any]]) -> Any:
+    """``message`` with a batch-level ``context`` merged into its own ``context`` (the message's keys win)."""
+    if not context or not isinstance(message, dict):
+        return message
+    own = message.get("context")
+    if own is None:
+        return {**message, "context": dict(context)}
+    if isinstance(own, dict):
+        return {**message, "context": {**context, **own}}
+    return message  # not an object: the check says so
 
 
 def complete(message: Any) -> Any:
@@ -439,17 +503,20 @@ def send_file(
     err: Optional[TextIO] = None,
 ) -> int:
     """Run ``dreamdata-logging send``; returns the exit code. ``path`` ``-`` reads standard input."""
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
+    key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
+    url = endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT
+    # Whatever is printed passes through this: never the write key (in any encoding) nor the endpoint's
+    # credentials, query string or fragment.
+    out = cast(TextIO, _Scrubbed(out if out is not None else sys.stdout, key or "", url))
+    err = cast(TextIO, _Scrubbed(err if err is not None else sys.stderr, key or "", url))
     transport: Optional[Transport] = None
     if not dry_run:
-        key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
         if not key:
             err.write("dreamdata-logging send: no write key: pass --write-key KEY or set DREAMDATA_WRITE_KEY\n")
             return EXIT_USAGE
         try:
             transport = Transport(
-                endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
+                url,
                 key,
                 timeout=timeout,
                 max_retries=max_retries,
@@ -474,6 +541,52 @@ def send_file(
             stream.close()
         if transport is not None:
             transport.close()
+
+
+class _Scrubbed(io.TextIOBase):
+    """A text stream that writes through to another with every form of the secrets replaced."""
+
+    def __init__(self, stream: TextIO, write_key: str, endpoint: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._scrub = _scrubber(write_key, endpoint)
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._scrub(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _scrubber(write_key: str, endpoint: str) -> Callable[[str], str]:
+    try:
+        from .._redact import Redactor
+    except ImportError:  # pragma: no cover - the package ships it; a minimal stand-in keeps output safe anyway
+        return _plain_scrubber(write_key, endpoint)
+    return Redactor(write_key, endpoint).scrub
+
+
+def _plain_scrubber(write_key: str, endpoint: str) -> Callable[[str], str]:
+    import base64
+    from urllib.parse import quote, urlsplit
+
+    secrets = set()
+    if write_key:
+        secrets |= {write_key, quote(write_key, safe="")}
+        for raw in (f"{write_key}:", write_key):
+            encoded = base64.b64encode(raw.encode("utf-8", "surrogatepass")).decode("ascii")
+            secrets |= {encoded, encoded.rstrip("=")}
+    try:
+        parts = urlsplit(endpoint)
+        secrets |= {parts.netloc.rpartition("@")[0], parts.query, parts.fragment}
+    except ValueError:
+        pass
+    forms = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+    if not forms:
+        return lambda text: text
+    pattern = re.compile("|".join(map(re.escape, forms)))
+    return lambda text: pattern.sub("[redacted]", text)
 
 
 def _run(
