@@ -102,21 +102,23 @@ def main(argv=None) -> None:
         "handler.emit(record), send=False": lambda: quiet.emit(record),
     }
     try:
-        from dreamdata_logging import _encoding as encoding, _message as message
+        from dreamdata_logging import _encoding as encoding
+        from dreamdata_logging import _message as message
+        from dreamdata_logging import _wire as wire
 
         msg = {
             "type": "track",
-            "messageId": message.new_message_id(),
+            "messageId": wire.new_message_id(),
             "timestamp": "2012-12-02T00:30:12.984Z",
             "userId": uid,
             "event": ev,
             "properties": props,
-            "context": {**ctx, "library": message.LIBRARY},
+            "context": {**ctx, "library": wire.LIBRARY},
         }
         stages["  message.build_message(...)"] = lambda: message.build_message(extra["dreamdata"], record, None, None)
         stages["    encoding.dumps(finished message)"] = lambda: encoding.dumps(msg)
-        stages["    message.new_message_id()"] = message.new_message_id
-        stages["    format_timestamp(...)"] = lambda: message.format_timestamp(int(record.created), int(record.msecs))
+        stages["    wire.new_message_id()"] = wire.new_message_id
+        stages["    format_timestamp(...)"] = lambda: wire.format_timestamp(int(record.created), int(record.msecs))
     except (ImportError, AttributeError) as e:
         print("(internals not found, breakdown skipped:", e, ")")
     stages["whole call, send=False"] = lambda: unsent.info(ev, extra=track(user_id=uid, properties=props, context=ctx))

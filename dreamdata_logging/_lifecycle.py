@@ -21,6 +21,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
+from ._wire import reseed_ids
+
 if TYPE_CHECKING:
     from ._handler import DreamdataHandler
 
@@ -87,6 +89,7 @@ _child_hooks_pid = 0
 def in_new_process() -> None:
     """Called in a process that is not the one where the handlers were made (by the fork hook, or by a
     handler that noticed the process id change): each handler starts clean; children's ends are hooked."""
+    reseed_ids()  # the fork hook does this too; uWSGI's fork in C runs no hooks
     for handler in handlers():
         handler.start_fresh_if_forked()
     _hook_child_exit()

@@ -10,7 +10,6 @@ from . import _encoding as encoding
 from ._wire import (
     _LIBRARY_ONLY,
     ID_FIELDS,
-    LIBRARY,
     MAPPING_FIELDS,
     MAX_MESSAGE_BYTES,
     REQUIRED_FIELDS,
@@ -37,77 +36,101 @@ def build_message(
     ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones;
     ``name`` is a track's default ``event`` when it is not the record's formatted message.
     Raises :class:`InvalidEventError` naming the reason; never modifies ``event``.
+
+    The fields this library fills in (``type``, ``messageId``, ``timestamp``, ``context.library``) are
+    spliced around the encoder's output for the caller's own fields, rather than copied into them.
     """
     if type(event) is not dict and not isinstance(event, Mapping):
         raise InvalidEventError(f"the 'dreamdata' attribute must be a mapping, not {type(event).__name__}")
-    message: dict[str, Any] = {"type": "track", "messageId": None, "timestamp": None}
-    if defaults:
-        message.update(defaults)
-    message.update(event)
-    kind = message["type"]
+    message = _merged(event, defaults) if defaults else dict(event)  # a copy: the caller's dict stays as it is
+    kind = message.pop("type", "track")
     if type(kind) is not str or kind not in REQUIRED_FIELDS:
         raise InvalidEventError(
             f"unknown type {_show(kind)}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
         )
     if kind == "track" and "event" not in message:
         message["event"] = record.getMessage() if name is None else name
-
     try:
-        for field in MAPPING_FIELDS:
-            value = message.get(field, message)  # the message itself stands for "absent"
-            if value is message or type(value) is dict:
-                continue
-            if value is None:
-                del message[field]
-            elif not isinstance(value, Mapping):
-                raise InvalidEventError(f"{field} must be a mapping, not {type(value).__name__}")
-        if defaults and "context" in defaults and event.get("context") is not None:
-            message["context"] = {**defaults["context"], **event["context"]}
+        _check(kind, message)
         if extra_fields:
             target = "traits" if kind in ("identify", "group") else "properties"
             message[target] = {**extra_fields, **message.get(target, {})}
-
-        for field in ID_FIELDS:
-            value = message.get(field)
-            if value is not None and type(value) is not str:
-                message[field] = _id_text(field, value)
-        if not (message.get("userId") or message.get("anonymousId")):
-            raise InvalidEventError("needs a userId or an anonymousId")
-
-        for field in REQUIRED_FIELDS[kind]:
-            value = message.get(field)
-            if not isinstance(value, str) or not value:
-                raise InvalidEventError(f"{kind} needs {field} as a non-empty string")
-
-        if message["messageId"] is None:
-            message["messageId"] = new_message_id()
-        elif type(message["messageId"]) is not str:
-            message["messageId"] = str(encoding.convert(message["messageId"]))
-        if message["messageId"] == "":  # the endpoint would refuse the whole batch over it
-            raise InvalidEventError("messageId must not be empty")
-        if message["timestamp"] is None:
-            message["timestamp"] = format_timestamp(int(record.created), int(record.msecs))
-        else:
-            message["timestamp"] = user_timestamp(message["timestamp"])
-
-        context = message.get("context")
-        if not context:
-            message["context"] = _LIBRARY_ONLY
-        elif "library" not in context:  # a library the user names is kept
-            message["context"] = {**context, "library": LIBRARY}
-
-        data = encoding.dumps(message)
+        head = _head(kind, message, record)
+        context = message.pop("context", None)
+        body = encoding.dumps(message) if message else b"{}"
+        data = b"".join((head, b"," if len(body) > 2 else b"", body[1:-1], b',"context":', _context(context), b"}"))
     except InvalidEventError as error:
         if error.event == "event":
-            raise InvalidEventError(error.reason, describe(message)) from None
+            raise InvalidEventError(error.reason, describe({"type": kind, **message})) from None
         raise
     size = len(data)
     if size > MAX_MESSAGE_BYTES - _NEAR_LIMIT:  # near the limit: measure as the endpoint's side would
         size = max(size, encoding.standard_size(data))
     if size > MAX_MESSAGE_BYTES:
-        raise InvalidEventError(f"{size:,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}", describe(message))
+        raise InvalidEventError(
+            f"{size:,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}", describe({"type": kind, **message})
+        )
     return data
 
 
 #: Below this many bytes under the limit, no encoder's spelling of numbers can take a message over it.
 _NEAR_LIMIT = 8_000
+_LIBRARY_JSON = encoding.dumps(_LIBRARY_ONLY)  # {"library":{...}}
+_LIBRARY_FIELD = b"," + _LIBRARY_JSON[1:]  # ,"library":{...}}
+
+
+def _merged(event: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """What bind() says, under what the event says; contexts are merged key by key."""
+    message = {**defaults, **event}
+    if "context" in defaults and event.get("context") is not None:
+        message["context"] = {**defaults["context"], **event["context"]}
+    return message
+
+
+def _check(kind: str, message: dict[str, Any]) -> None:
+    """Mapping fields are mappings (None means absent), ids are text, and the type's fields are there."""
+    for field in MAPPING_FIELDS:
+        value = message.get(field)
+        if value is None:
+            if field in message:
+                del message[field]
+        elif type(value) is not dict and not isinstance(value, Mapping):
+            raise InvalidEventError(f"{field} must be a mapping, not {type(value).__name__}")
+    for field in ID_FIELDS:
+        value = message.get(field)
+        if value is not None and type(value) is not str:
+            message[field] = _id_text(field, value)
+    if not (message.get("userId") or message.get("anonymousId")):
+        raise InvalidEventError("needs a userId or an anonymousId")
+    for field in REQUIRED_FIELDS[kind]:
+        value = message.get(field)
+        if not isinstance(value, str) or not value:
+            raise InvalidEventError(f"{kind} needs {field} as a non-empty string")
+
+
+def _head(kind: str, message: dict[str, Any], record: logging.LogRecord) -> bytes:
+    """``{"type":...,"messageId":...,"timestamp":...`` (taken out of ``message``)."""
+    message_id = message.pop("messageId", None)
+    if message_id is None:
+        id_json = f'"{new_message_id()}"'
+    else:
+        if type(message_id) is not str:
+            message_id = str(encoding.convert(message_id))
+        if message_id == "":  # the endpoint would refuse the whole batch over it
+            raise InvalidEventError("messageId must not be empty")
+        id_json = encoding.dumps(message_id).decode("utf-8")
+    timestamp = message.pop("timestamp", None)
+    if timestamp is None:
+        timestamp = format_timestamp(int(record.created), int(record.msecs))
+    else:
+        timestamp = user_timestamp(timestamp)
+    return f'{{"type":"{kind}","messageId":{id_json},"timestamp":"{timestamp}"'.encode()
+
+
+def _context(context: Optional[Mapping[str, Any]]) -> bytes:
+    """The context as JSON, naming this library unless the caller names one."""
+    if not context:
+        return _LIBRARY_JSON
+    if "library" in context:  # a library the user names is kept
+        return encoding.dumps(context)
+    return encoding.dumps(context)[:-1] + _LIBRARY_FIELD

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -40,13 +41,28 @@ _ENVELOPE_TAIL = b"]}"
 ENVELOPE_BYTES = len(_ENVELOPE_HEAD % (b"0" * 36, b"0" * 24)) + len(_ENVELOPE_TAIL)
 
 
+# Message ids come from a generator seeded from the OS once per process: os.urandom() per event is a
+# system call that releases the GIL, and every release lets the worker thread take it from the caller.
+_random = random.Random()
+_random_bits = _random.getrandbits
+
+
 def new_message_id() -> str:
     """A random (version 4) UUID as text; cheaper than ``str(uuid.uuid4())``."""
-    h = os.urandom(16).hex()
+    h = _random_bits(128).to_bytes(16, "little").hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def reseed_ids() -> None:
+    """A new process (made by any means) must never repeat its parent's ids: seed again from the OS."""
+    _random.seed()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reseed_ids)
 
 _second_prefix: tuple[int, str] = (-1, "")
 
