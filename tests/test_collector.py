@@ -750,3 +750,19 @@ def test_headers_are_bounded(collector: Collector) -> None:
         sock.close()
     assert answer.startswith(b"HTTP/1.1 431") and b"must fit in 32,768 bytes" in answer
     assert collector.requests()[-1].status == 431
+
+
+def test_a_scripted_stall_longer_than_the_request_deadline_keeps_its_connection() -> None:
+    with Collector(write_key=KEY, request_timeout=0.2) as c:
+        c.script(Fault(200, body='{"success": true}', delay=0.6))
+        conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=5)
+        auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+        headers = {"Authorization": auth, "Content-Type": "application/json"}
+        statuses = []
+        for n in range(2):  # the stall is the collector's doing, not a slow client: the connection stays
+            conn.request("POST", "/v1/batch", body=compact(batch(message(n))), headers=headers)
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+        conn.close()
+        assert statuses == [200, 200] and c.accepted == 1

@@ -87,6 +87,7 @@ _JOIN_TIMEOUT = 2.0
 # Debugger: seconds between keep-alive comments to an idle page (how soon a closed page is noticed),
 # most pages connected at once, and what the event feed keeps for pages that connect later.
 _SSE_PING = 5.0
+_SSE_GATHER = 0.1
 _MAX_PAGES = 32
 _FEED_ROWS = 2_000
 _FEED_BYTES = 8 * 1024 * 1024
@@ -455,6 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         gzipped = encoding == "gzip"
         raw, record.body_size = self._receive(_GZIP_WIRE_LIMIT if gzipped else MAX_BODY_BYTES)
+        self._state.deadline = None  # the client's part is done: the rest is the collector's
         if raw is None:
             record.decoded_size = record.body_size
             raise _Reject(413, f"body is {record.body_size:,} bytes; the limit is {MAX_BODY_BYTES:,}")
@@ -479,6 +481,7 @@ class _Handler(BaseHTTPRequestHandler):
             raw, record.body_size = self._receive(_DRAIN_LIMIT)  # read the request first, as a server would
         except _Reject:
             raw = None
+        self._state.deadline = None  # a scripted stall may outlast the request deadline
         gzipped = self.headers.get("Content-Encoding", "").strip().lower() == "gzip"
         record.decoded_size, record.message_count = _peek(raw, gzipped)
         record.status = 0 if fault.drop else fault.status
@@ -652,6 +655,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 if chunks:
                     self.wfile.write(b"".join(chunks))
+                    # Then gather for a moment: however fast batches come, a page's thread wakes and
+                    # writes at most about ten times a second, so many pages cost the batches little.
+                    collector._stopping.wait(_SSE_GATHER)
                 elif self._page_gone():
                     break
                 else:
