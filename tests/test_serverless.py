@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -51,6 +52,7 @@ def silent_endpoint():
 
 
 def test_flush_delivers_every_handler(collector, make_handler, make_logger):
+    gc.collect()  # handlers other tests dropped without closing are no longer alive
     first, second = make_handler(flush_interval=60), make_handler(flush_interval=60)
     log_a, log_b = make_logger(first), make_logger(second)
     for n in range(5):
