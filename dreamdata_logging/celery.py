@@ -27,6 +27,7 @@ Celery is imported only when ``setup()`` is called.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import threading
@@ -49,7 +50,7 @@ _done = False
 def setup() -> None:
     """Connect to Celery's signals (see the module's description). Calling it again does nothing."""
     global _done
-    from celery import signals  # type: ignore[import-untyped]  # imported here: only setup() needs Celery
+    signals: Any = importlib.import_module("celery.signals")  # imported here: only setup() needs Celery
 
     with _setup_lock:
         if _done:
