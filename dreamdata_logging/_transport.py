@@ -164,7 +164,10 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
 
 
 def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters; other unprintable characters shown as ``?``."""
     text = " ".join(text.split())
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else "?" for char in text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

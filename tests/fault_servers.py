@@ -215,10 +215,10 @@ def endless_body(status: int = 200, chunk: int = 65536) -> Answer:
     return answer
 
 
-def gzip_bomb(status: int = 200, inflated: int = 256 * 1024 * 1024) -> Answer:
-    """A small gzip answer (about 1/1000 of ``inflated``) that inflates to ``inflated`` bytes of zeros."""
+def gzip_bomb(status: int = 200, inflated: int = 256 * 1024 * 1024, fill: bytes = b"\0") -> Answer:
+    """A small gzip answer (about 1/1000 of ``inflated``) that inflates to ``inflated`` bytes of ``fill``."""
     deflater = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: with a gzip header
-    block = bytes(1024 * 1024)
+    block = fill * (1024 * 1024)
     pieces = [deflater.compress(block) for _ in range(inflated // len(block))]
     pieces.append(deflater.flush())
     return respond(status, {"Content-Encoding": "gzip", "Content-Type": "text/plain"}, b"".join(pieces))
