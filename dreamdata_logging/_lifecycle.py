@@ -26,18 +26,19 @@ from ._wire import reseed_ids
 if TYPE_CHECKING:
     from ._handler import DreamdataHandler
 
-_handlers: weakref.WeakSet[DreamdataHandler] = weakref.WeakSet()
+_handlers: tuple[weakref.ReferenceType[DreamdataHandler], ...] = ()
 _exiting = False
 
 
 def register(handler: DreamdataHandler) -> None:
     """Remember a handler for process-wide actions (flush all, close at a child's end, SIGTERM)."""
-    _handlers.add(handler)
+    global _handlers
+    _handlers = (*(ref for ref in _handlers if ref() is not None), weakref.ref(handler))
 
 
 def handlers() -> list[DreamdataHandler]:
-    """Every DreamdataHandler alive in this process."""
-    return list(_handlers)
+    """Every DreamdataHandler alive in this process, oldest first."""
+    return [handler for handler in (ref() for ref in _handlers) if handler is not None]
 
 
 # -- exit ----------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def _flush_all(timeout: Optional[float], cap: Optional[float]) -> bool:
     start = time.monotonic()
     delivered = True
     for handler in _lifecycle.handlers():
-        if getattr(handler, "_closed", False):  # closed: it delivered what it could and takes no more
+        if handler.closed:  # closed: it delivered what it could and takes no more
             continue
         try:
             bound = handler.shutdown_timeout if timeout is None else timeout

@@ -131,5 +131,5 @@ def _on_worker_init(**_: Any) -> None:
 def _on_logging_set_up(**_: Any) -> None:
     for name, handler in _kept:
         logger = logging.getLogger(name or None)
-        if handler not in logger.handlers and not getattr(handler, "_closed", False):
+        if handler not in logger.handlers:  # a handler closed meanwhile reopens on its next event
             logger.addHandler(handler)

@@ -53,18 +53,18 @@ def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class BodySpy:
-    """Records every request body the handler posts (the request still goes to the real collector)."""
+    """Records every request body the handler posts, attempt by attempt (each still goes to the real collector)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.bodies: list[dict[str, Any]] = []
-        real_post = requests.Session.post
+        real_attempt = Transport._attempt
         spy = self
 
-        def post(session: requests.Session, url: Any, data: Any = None, **kwargs: Any) -> Any:
-            spy.bodies.append(json.loads(data))
-            return real_post(session, url, data=data, **kwargs)
+        def attempt(transport: Transport, payload: bytes, timeout: float) -> Any:
+            spy.bodies.append(json.loads(payload))
+            return real_attempt(transport, payload, timeout)
 
-        monkeypatch.setattr(requests.Session, "post", post)
+        monkeypatch.setattr(Transport, "_attempt", attempt)
 
     def message_ids(self) -> list[list[str]]:
         return [[m["messageId"] for m in body["batch"]] for body in self.bodies]
