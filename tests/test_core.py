@@ -462,7 +462,7 @@ def test_collector_rejects_what_the_handler_never_sends():
     # The handler's output is checked by a collector that really checks: prove it refuses bad input.
     import requests
 
-    with Collector(write_key=WRITE_KEY) as strict:
+    with Collector(write_key=WRITE_KEY, strict=True) as strict:
         response = requests.post(
             strict.url,
             data=b'{"batch":[{"type":"track"}]}',

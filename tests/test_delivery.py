@@ -662,7 +662,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def tls_collector(tls_files: tuple[str, str]) -> Any:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*tls_files)
-    running = Collector(write_key=WRITE_KEY)
+    running = Collector(write_key=WRITE_KEY, strict=True, keep=None)
     running._server.socket = context.wrap_socket(running._server.socket, server_side=True)
     with running.start():
         yield running, running.url.replace("http://", "https://")

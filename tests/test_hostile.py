@@ -212,7 +212,7 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 def test_logger_info_never_raises_and_only_valid_json_reaches_the_endpoint(encoder, include_extra):
     refused: list[tuple[BaseException, list[Any]]] = []
     handled_errors: list[logging.LogRecord] = []
-    with Collector(write_key=WRITE_KEY) as collector:
+    with Collector(write_key=WRITE_KEY, strict=True, keep=None) as collector:
         handler = DreamdataHandler(
             WRITE_KEY,
             endpoint=collector.url,
