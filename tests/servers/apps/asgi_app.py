@@ -1,0 +1,32 @@
+"""An ASGI app for uvicorn and gunicorn's UvicornWorker: GET /event logs one event; other paths do not.
+
+The handler is made when the module is imported (in each worker process).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import dd_common
+
+dd_common.attach()
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/event":
+        dd_common.log_event("Request Served")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})

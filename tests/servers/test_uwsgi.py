@@ -1,0 +1,57 @@
+"""uWSGI prefork (with and without --lazy-apps), recycled workers (--max-requests), an event logged at import
+in the master before fork; shut down by SIGTERM with --die-on-term. Requests come over its HTTP socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from dreamdata_logging.tools.collector import Collector
+
+from .harness import MARGIN, SHUTDOWN_TIMEOUT, Server, assert_all_arrived, free_port, get, tool
+
+UWSGI = tool("uwsgi")
+if not os.path.exists(UWSGI):
+    pytest.skip("uWSGI is installed by the servers extra", allow_module_level=True)
+
+REQUESTS = 20
+CASES = {
+    "prefork": ([], False),
+    "prefork_event_at_import": ([], True),
+    "lazy_apps": (["--lazy-apps"], False),
+    "lazy_apps_event_at_import": (["--lazy-apps"], True),
+    "prefork_max_requests": (["--max-requests", "3"], False),
+    "lazy_apps_max_requests": (["--lazy-apps", "--max-requests", "3"], False),
+}
+
+
+def loaded(output: str) -> int:
+    return output.count("WSGI app 0 (mountpoint='') ready")
+
+
+@pytest.mark.parametrize("options,event_at_import", CASES.values(), ids=CASES.keys())
+def test_uwsgi_delivers_every_event(
+    collector: Collector, tmp_path: Path, options: list[str], event_at_import: bool
+) -> None:
+    port = free_port()
+    argv = [UWSGI, "--http-socket", f"127.0.0.1:{port}", "--master", "--processes", "2", "--wsgi-file",
+            "wsgi_app.py", "--need-app", "--die-on-term", "--disable-logging", *options]
+    # flush_interval 60: nothing is sent on the timer, so every event rides on a worker's end or the shutdown.
+    env = {"DD_FLUSH_INTERVAL": "60", "DD_EVENT_AT_IMPORT": "1" if event_at_import else "0"}
+    with Server(argv, collector, tmp_path, env=env) as server:
+        server.wait_http(f"http://127.0.0.1:{port}/")
+        for _ in range(REQUESTS):
+            assert get(f"http://127.0.0.1:{port}/event") == b"ok"  # answered: the event was logged
+        if "--lazy-apps" in options:  # every worker, respawned ones too, loaded the app before the SIGTERM
+            server.wait_until(lambda: loaded(server.output()) >= 2 + server.output().count("Respawned uWSGI worker"),
+                              "loading the app in every worker")
+        server.signal(signal.SIGTERM)
+        code, seconds = server.wait_exit(SHUTDOWN_TIMEOUT + MARGIN)
+        assert code == 0, server.output()
+        ids = server.ids()
+        assert len(ids) >= REQUESTS + event_at_import
+        assert_all_arrived(collector, ids, server.output())
+        assert seconds < SHUTDOWN_TIMEOUT + MARGIN
