@@ -31,6 +31,7 @@ app.conf.update(
     broker_transport_options={
         "data_folder_in": folder,
         "data_folder_out": folder,
+        "control_folder": os.path.join(folder, "control"),  # not the current directory
         "store_processed": False,
         "polling_interval": 0.1,
     },
