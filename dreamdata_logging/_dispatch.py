@@ -12,7 +12,7 @@ from typing import Optional, Protocol, Union
 from . import _outage as outage
 from ._budget import Budget, Deadlines
 from ._outage import OutageState
-from ._problems import Problems
+from ._problems import Problems, safe_text
 from ._spool import Claim, Spool, SpoolUnavailable
 from ._wire import Batch
 from .errors import DeliveryError, PayloadTooLargeError
@@ -84,7 +84,7 @@ class Dispatcher:
         except DeliveryError as error:
             return self._not_delivered(items, error)
         except Exception as error:  # a bug or an unexpected library error must not kill the thread
-            return self._not_delivered(items, DeliveryError(f"unexpected error while sending: {error!r}"))
+            return self._not_delivered(items, self._unexpected(error))
         self._counters.delivered += len(items)
         self._counters.batches += 1
         self.outage.recovered()
@@ -126,7 +126,7 @@ class Dispatcher:
         except DeliveryError as error:
             return self._claim_failed(claim, error, budget)
         except Exception as error:  # a bug or an unexpected library error must not kill the thread
-            return self._claim_failed(claim, DeliveryError(f"unexpected error while sending: {error!r}"), budget)
+            return self._claim_failed(claim, self._unexpected(error), budget)
         self._counters.spool_delivered += len(claim)
         self._counters.batches += 1
         self.outage.recovered()
@@ -142,6 +142,10 @@ class Dispatcher:
             return "release"
         self._problems.failed(claim.messages, error)
         return "drop"
+
+    def _unexpected(self, error: Exception) -> DeliveryError:
+        """A bug or an unexpected library error, as a failed delivery (its text may quote a URL: scrubbed)."""
+        return DeliveryError(self._problems.scrub(f"unexpected error while sending: {safe_text(error)}"))
 
     # -- one send -------------------------------------------------------------------------------
 

@@ -67,6 +67,10 @@ class Problems:
         self._reporter = RateLimitedReporter()
         self._invalid_kinds: set[str] = set()
 
+    def scrub(self, text: str) -> str:
+        """``text`` without any secret (the write key in any encoding, the endpoint's credentials or query)."""
+        return self._scrub(text)
+
     def report(self, kind: str, text: str, level: int = logging.WARNING) -> None:
         self._reporter.report(kind, self._scrub(text), level)
 
