@@ -103,6 +103,7 @@ def _hook_child_exit() -> None:
     if _child_hooks_pid == pid:
         return
     _child_hooks_pid = pid
+    _hook_celery_child_exit()
     for name in ("multiprocessing.util", "billiard.util"):
         util: Any = sys.modules.get(name)
         if util is None:
@@ -123,7 +124,21 @@ def _finalize_with(util: Any) -> Any:
     return register
 
 
-def _close_all_at_child_exit(*_: object) -> None:
+def _hook_celery_child_exit() -> None:
+    """A Celery prefork pool child ends with os._exit() from inside its task loop, before billiard's exit
+    hooks run; Celery announces it first with its worker_process_shutdown signal."""
+    signals: Any = sys.modules.get("celery.signals")
+    if signals is None:
+        return
+    try:
+        signals.worker_process_shutdown.connect(
+            _close_all_at_child_exit, weak=False, dispatch_uid="dreamdata_logging.close_at_child_exit"
+        )
+    except Exception:
+        pass
+
+
+def _close_all_at_child_exit(*_: object, **__: object) -> None:
     for handler in handlers():
         _close_quietly(handler)
 

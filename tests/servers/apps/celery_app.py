@@ -42,6 +42,10 @@ app.conf.update(
     worker_hijack_root_logger=mode != "root-unhijacked",
 )
 
+if mode == "root-unhijacked":  # Celery leaves the root logger alone: the app gives it a console, as apps do
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
 if mode in ("named", "root-unhijacked", "root-setup"):
     dd_common.attach(logger_name)
 if mode == "root-setup":
