@@ -6,6 +6,7 @@ One place for the rules that the handler, the local collector and ``dreamdata-lo
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import random
 import re
@@ -280,3 +281,41 @@ def api_problem(message: Any) -> Optional[str]:
         if key in message and not isinstance(message[key], dict):
             return f"'{key}' must be an object, not {_show(message[key])}"
     return None
+
+
+# -- reading and writing messages as the endpoint does (the local collector and ``dreamdata-logging send``) --
+
+
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: Strict JSON: NaN and Infinity are Python's extension, not JSON, and are refused.
+STRICT_JSON = json.JSONDecoder(parse_constant=_not_json_constant)
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def encode_message(message: Any) -> tuple[Optional[bytes], Optional[str]]:
+    """A decoded message's compact UTF-8 JSON, or why it cannot travel: text that is not Unicode, a number
+    JSON cannot hold, or over :data:`MAX_MESSAGE_BYTES` serialised."""
+    try:
+        data = _COMPACT_JSON.encode(message).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape, e.g. "\ud800": valid JSON, not Unicode
+        return None, "contains text that is not valid Unicode (a lone surrogate)"
+    except ValueError:  # a number too large for a float, e.g. 1e400, is read as infinity
+        return None, "contains a number too large to be sent as JSON (it reads as infinity)"
+    if len(data) > MAX_MESSAGE_BYTES:
+        return None, f"is {len(data):,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}"
+    return data, None
+
+
+def with_batch_context(message: Any, context: Optional[Mapping[str, Any]]) -> Any:
+    """``message`` with a batch-level ``context`` merged into its own ``context`` (the message's keys win)."""
+    if not context or not isinstance(message, dict):
+        return message
+    own = message.get("context")
+    if own is None:
+        return {**message, "context": dict(context)}
+    if isinstance(own, dict):
+        return {**message, "context": {**context, **own}}
+    return message  # not an object: the checks say so
