@@ -15,6 +15,7 @@ from typing import Any, Optional
 from .. import DreamdataHandler, alias, group, identify, page, screen, track
 from .._version import __version__
 from .collector import CLI_KEEP, Collector, run_collector
+from .send import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, send_file
 
 DEMO_WRITE_KEY = "demo-write-key"
 
@@ -141,8 +142,20 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--endpoint", metavar="URL", help="default: env DREAMDATA_ENDPOINT, else Dreamdata's")
     send.add_argument("--dry-run", action="store_true", help="check and report on stdout; send nothing")
     send.add_argument("--gzip", action="store_true", help="compress request bodies")
-    send.add_argument("--timeout", metavar="S", type=_positive, default=10.0, help="seconds per request (default 10)")
-    send.add_argument("--max-retries", metavar="N", type=_count, default=8, help="retries of one request (default 8)")
+    send.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive,
+        default=DEFAULT_TIMEOUT,
+        help="seconds per request (default %(default)g)",
+    )
+    send.add_argument(
+        "--max-retries",
+        metavar="N",
+        type=_count,
+        default=DEFAULT_MAX_RETRIES,
+        help="retries of one request (default %(default)d)",
+    )
     send.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -154,8 +167,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "collector":
         return run_collector(args.host, args.port, args.write_key, args.out, strict=args.strict, keep=args.keep)
     if args.command == "send":
-        from .send import send_file
-
         return send_file(
             args.file,
             write_key=args.write_key,
