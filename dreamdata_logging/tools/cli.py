@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dreamdata-logging {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the pipeline locally against the bundled collector (no network, no key)")
+    _add_collector_command(commands)
+    _add_send_command(commands)
+    return parser
+
+
+def _add_collector_command(commands: Any) -> None:
     collector = commands.add_parser(
         "collector",
         help="a local stand-in for the batch endpoint, with a live event debugger at GET /",
@@ -130,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
         default=CLI_KEEP,
         help=f"messages kept in memory, the newest (default {CLI_KEEP:,}); older ones are only in --out",
     )
+
+
+def _add_send_command(commands: Any) -> None:
     send = commands.add_parser(
         "send",
         help="send a batch document or JSON lines of messages to the endpoint",
@@ -157,7 +166,6 @@ def _parser() -> argparse.ArgumentParser:
         help="retries of one request (default %(default)d)",
     )
     send.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
