@@ -23,9 +23,17 @@ from ._spool import Spool, SpoolUnavailable
 from ._transport import Transport
 from ._wire import MAX_BODY_BYTES, body_size
 from ._worker import Worker
+from .errors import DeliveryError
 
 #: Bytes of messages one request body holds, besides the envelope.
 BODY_ROOM = MAX_BODY_BYTES - body_size(0, 0)
+
+
+_IN_UWSGI_MASTER = DeliveryError(
+    "an event logged in the uWSGI master process cannot be delivered: the master runs no Python exit hooks, "
+    "and a sending thread there could be forked into a worker mid-request. Log events in the workers "
+    "(not at import), or run uWSGI with --lazy-apps"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class Delivery:
 
     def _new_worker(self, counters: Counters) -> Worker:
         self.counters = counters
+        self.forking_master = lifecycle.in_uwsgi_master()
         self.problems = Problems(counters, self._on_error, self._scrub)
         deadlines = Deadlines()
         dispatcher = Dispatcher(self.transport, self.problems, deadlines, spool=self.spool)
@@ -107,14 +116,18 @@ class Delivery:
 
     def resume_spool(self) -> None:
         """Start the thread now when the spool holds events (from an earlier outage or process)."""
-        if self.spool is None or lifecycle.exiting():
-            return
+        if self.spool is None or lifecycle.exiting() or self.forking_master:
+            return  # (a uWSGI master's workers drain the spool, each in its own process)
         try:
             rows = self.spool.pending()[0]
         except SpoolUnavailable:
             return
         if rows:
             self.worker.start()
+
+    def refuse_in_forking_master(self, data: bytes) -> None:
+        """An event logged in a uWSGI master (say, at import): it cannot be delivered from there."""
+        self.problems.failed([data], _IN_UWSGI_MASTER)
 
     # -- flush and close ------------------------------------------------------------------------
 

@@ -169,6 +169,9 @@ class DreamdataHandler(logging.Handler):
             return
         if worker.closing and not lifecycle.exiting():
             worker = delivery.renew()  # closed (by a reconfiguration?) but still attached: reopen
+        if delivery.forking_master:
+            delivery.refuse_in_forking_master(data)
+            return
         status = worker.put(data)
         if status == FULL:
             delivery.report(

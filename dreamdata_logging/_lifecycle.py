@@ -166,9 +166,23 @@ def threads_unavailable() -> Optional[str]:
     )
 
 
+def in_uwsgi_master() -> bool:
+    """True in a uWSGI master that forks workers from a loaded app (no --lazy-apps). It runs no Python
+    exit hooks, and a thread of ours there could be mid-request, holding locks, when it forks a worker."""
+    uwsgi: Any = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return False
+    try:
+        return bool(uwsgi.masterpid() == os.getpid())
+    except Exception:
+        return False
+
+
 # -- SIGTERM -------------------------------------------------------------------------------------
 
 _sigterm_installed = False
+#: Servers that embed Python and handle signals in C (uWSGI, Apache's mod_wsgi).
+_EMBEDDING_SERVERS = ("uwsgi", "mod_wsgi")
 
 
 def install_sigterm() -> None:
@@ -181,6 +195,8 @@ def install_sigterm() -> None:
     global _sigterm_installed
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
+    if any(name in sys.modules for name in _EMBEDDING_SERVERS):
+        return  # their signal handlers are set in C, out of Python's sight: getsignal() would say "default"
     try:
         if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
             return
