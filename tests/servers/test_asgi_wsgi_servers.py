@@ -37,6 +37,9 @@ def stop_and_check(collector: Collector, server: Server, sig: int, group: bool =
 UVICORN = {
     "ctrl_c": ([], signal.SIGINT, True),
     "sigterm": ([], signal.SIGTERM, False),
+    # With --workers, uvicorn imports the app inside its own signal handling, so the handler's SIGTERM hook
+    # is not installed, and uvicorn ends each worker by SIGTERM with the default action after its graceful
+    # shutdown: the app is wrapped in DreamdataMiddleware, which flushes at lifespan shutdown.
     "workers_2_sigterm": (["--workers", "2"], signal.SIGTERM, False),
     "workers_2_ctrl_c": (["--workers", "2"], signal.SIGINT, True),
 }
@@ -48,7 +51,8 @@ def test_uvicorn_delivers_every_event(
 ) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port), *options]
-    with Server(argv, collector, tmp_path, env=ENV) as server:
+    env = {**ENV, "DD_ASGI_MIDDLEWARE": "1" if "--workers" in options else "0"}
+    with Server(argv, collector, tmp_path, env=env) as server:
         server.wait_http(f"http://127.0.0.1:{port}/")
         drive(port)
         code = stop_and_check(collector, server, sig, group)

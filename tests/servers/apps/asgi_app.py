@@ -5,6 +5,7 @@ The handler is made when the module is imported (in each worker process).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Awaitable, Callable
 
 import dd_common
@@ -30,3 +31,9 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         dd_common.log_event("Request Served")
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+if os.environ.get("DD_ASGI_MIDDLEWARE") == "1":  # as docs/deployment.md says for uvicorn --workers
+    from dreamdata_logging.asgi import DreamdataMiddleware
+
+    app = DreamdataMiddleware(app)  # type: ignore[assignment]
