@@ -12,7 +12,7 @@ import random
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._version import __version__
 from .errors import InvalidEventError
@@ -194,11 +194,10 @@ def wire_problem(message: Any) -> Optional[str]:
     Checks type, ``messageId``, ``timestamp``, identity, each type's required fields and the mapping
     fields; not the serialised size (see :data:`MAX_MESSAGE_BYTES`).
     """
-    if not isinstance(message, dict):
-        return "is not an object"
-    kind = message.get("type")
-    if kind not in REQUIRED_FIELDS:
-        return f"'type' must be one of {', '.join(REQUIRED_FIELDS)}, not {_show(kind)}"
+    return _problem(message, _own_id_and_time_problem)
+
+
+def _own_id_and_time_problem(message: dict[str, Any]) -> Optional[str]:
     if not _filled(message.get("messageId")):
         return "needs a non-empty string 'messageId'"
     if not is_wire_timestamp(message.get("timestamp")):
@@ -206,6 +205,20 @@ def wire_problem(message: Any) -> Optional[str]:
             f"'timestamp' must be RFC 3339 UTC with milliseconds, like 2012-12-02T00:30:08.276Z,"
             f" not {_show(message.get('timestamp'))}"
         )
+    return None
+
+
+def _problem(message: Any, id_and_time: Callable[[dict[str, Any]], Optional[str]]) -> Optional[str]:
+    """The rules every client's message must follow (type, identity, the type's fields, mappings), with
+    ``id_and_time`` checking ``messageId`` and ``timestamp`` after the type, as the endpoint does."""
+    if not isinstance(message, dict):
+        return "is not an object"
+    kind = message.get("type")
+    if kind not in REQUIRED_FIELDS:
+        return f"'type' must be one of {', '.join(REQUIRED_FIELDS)}, not {_show(kind)}"
+    problem = id_and_time(message)
+    if problem is not None:
+        return problem
     for key in ("userId", "anonymousId"):
         if message.get(key) is not None and not isinstance(message[key], str):
             return f"'{key}' must be a string, not {_show(message[key])}"
@@ -218,7 +231,6 @@ def wire_problem(message: Any) -> Optional[str]:
         if key in message and not isinstance(message[key], dict):
             return f"'{key}' must be an object, not {_show(message[key])}"
     return None
-
 
 
 # -- what Dreamdata's endpoint accepts from any client (the local collector's default) --
@@ -257,11 +269,10 @@ def api_problem(message: Any) -> Optional[str]:
     The rules of :func:`wire_problem` with what other clients send allowed: any RFC 3339 ``timestamp``
     (or none), and no ``messageId`` (one given must still be a non-empty string).
     """
-    if not isinstance(message, dict):
-        return "is not an object"
-    kind = message.get("type")
-    if kind not in REQUIRED_FIELDS:
-        return f"'type' must be one of {', '.join(REQUIRED_FIELDS)}, not {_show(kind)}"
+    return _problem(message, _any_id_and_time_problem)
+
+
+def _any_id_and_time_problem(message: dict[str, Any]) -> Optional[str]:
     if "messageId" in message and not _filled(message["messageId"]):
         return f"'messageId' must be a non-empty string when given, not {_show(message['messageId'])}"
     if "timestamp" in message and not is_rfc3339_timestamp(message["timestamp"]):
@@ -269,17 +280,6 @@ def api_problem(message: Any) -> Optional[str]:
             "'timestamp' must be an RFC 3339 date-time, like 2012-12-02T00:30:08.276Z or"
             f" 2012-12-02T02:30:08+02:00, not {_show(message['timestamp'])}"
         )
-    for key in ("userId", "anonymousId"):
-        if message.get(key) is not None and not isinstance(message[key], str):
-            return f"'{key}' must be a string, not {_show(message[key])}"
-    if not (_filled(message.get("userId")) or _filled(message.get("anonymousId"))):
-        return "needs a non-empty 'userId' or 'anonymousId'"
-    for key in REQUIRED_FIELDS[kind]:
-        if not _filled(message.get(key)):
-            return f"{kind} needs a non-empty string '{key}'"
-    for key in MAPPING_FIELDS:
-        if key in message and not isinstance(message[key], dict):
-            return f"'{key}' must be an object, not {_show(message[key])}"
     return None
 
 
