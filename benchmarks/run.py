@@ -352,10 +352,10 @@ def analyse(runs: list, events: int) -> tuple[dict, list]:
 
     for wl in WORKLOAD_NAMES:
         rows = summary["throughput"].get(wl, {})
-        for name, need in (("dreamdata-json", 4), ("dreamdata-orjson", 6)):
+        for name, need in (("dreamdata-json", 4.5), ("dreamdata-orjson", 6)):
             row = rows.get(name) or {}
             target(f"{wl}: e2e throughput vs Segment, {name.split('-')[1]}", row.get("e2e_x_segment"), ">=", need)
-        for name, need in (("dreamdata-json", 3), ("dreamdata-orjson", 2)):
+        for name, need in (("dreamdata-json", 3), ("dreamdata-orjson", 2.3)):
             row = rows.get(name) or {}
             target(
                 f"{wl}: caller cost vs NullHandler floor, {name.split('-')[1]}", row.get("caller_x_floor"), "<=", need
