@@ -17,13 +17,12 @@ import gzip as gzip_module
 import os
 import platform
 import random
-import socket
 import threading
 import time
 import warnings
 import zlib
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -37,6 +36,7 @@ from ._endpoint import check_write_key, is_loopback
 from ._endpoint import split_endpoint as _split_endpoint
 from ._redact import Redactor
 from ._version import __version__
+from ._watchdog import Watchdog, WatchedAdapter
 from ._wire import Batch
 from .errors import DeliveryError, PayloadTooLargeError
 
@@ -92,138 +92,6 @@ def _scrubbed_location(location: str, base: str) -> str:
         return _excerpt(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 300)
     except ValueError:
         return "(an unreadable Location)"
-
-
-# -- total deadline -----------------------------------------------------------------------------------------
-
-
-def _shut_down(connection: object) -> None:
-    """Make every blocked read or write on ``connection``'s socket return at once."""
-    sock = getattr(connection, "sock", None)
-    while sock is not None and not isinstance(sock, socket.socket):
-        sock = getattr(sock, "socket", None)  # TLS inside TLS (an https proxy) wraps the socket in an object
-    if sock is not None:
-        try:
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leaves TLS state alone
-        except OSError:
-            pass
-
-
-class _Watchdog:
-    """One thread per transport that ends a request still running at its deadline by shutting its socket.
-
-    The sending thread only takes an uncontended lock per request; the watchdog is woken only when it is idle
-    or when a request's deadline is earlier than the one it is sleeping towards, so in steady traffic it wakes
-    about once per timeout rather than once per request.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop: Optional[threading.Event] = None  # set: the current thread ends
-        self._armed = False
-        self._deadline = 0.0
-        self._connection: Optional[object] = None
-        self._fired = False
-        self._sleeping_until: Optional[float] = None  # None: idle, waiting for a wake-up
-
-    def arm(self, deadline: float) -> None:
-        """A request starts now and must be over by ``deadline`` (a ``time.monotonic()`` value)."""
-        start: Optional[threading.Event] = None
-        with self._lock:
-            self._armed, self._deadline, self._connection, self._fired = True, deadline, None, False
-            if self._stop is None:
-                start = self._stop = threading.Event()
-            elif self._sleeping_until is None or deadline < self._sleeping_until:
-                self._wake.set()
-        if start is not None:
-            threading.Thread(target=self._run, args=(start,), name="dreamdata-logging-deadline", daemon=True).start()
-
-    def attach(self, connection: object) -> None:
-        """The armed request uses ``connection``: shut it down at the deadline (at once if already past)."""
-        with self._lock:
-            if not self._armed:
-                return
-            self._connection = connection
-            if self._fired:
-                _shut_down(connection)
-
-    def disarm(self) -> bool:
-        """The request is over; True if its deadline passed while it ran (its socket was shut down)."""
-        with self._lock:
-            self._armed = False
-            self._connection = None
-            return self._fired
-
-    def close(self) -> None:
-        with self._lock:
-            if self._stop is not None:
-                self._stop.set()
-                self._stop = None
-                self._wake.set()
-
-    def _run(self, stop: threading.Event) -> None:
-        while True:
-            with self._lock:
-                if stop.is_set():
-                    return
-                now = time.monotonic()
-                self._sleeping_until = None
-                if self._armed and not self._fired:
-                    if now >= self._deadline:
-                        self._fired = True
-                        if self._connection is not None:
-                            _shut_down(self._connection)
-                    else:
-                        self._sleeping_until = self._deadline
-                self._wake.clear()
-                wait = None if self._sleeping_until is None else self._sleeping_until - now
-            self._wake.wait(wait)
-
-
-_active = threading.local()  # .watchdog: the watchdog of the request this thread is sending, if any
-
-
-def _watched_pool(base: type[Any]) -> type[Any]:
-    """A subclass of a urllib3 connection pool class that hands each connection it gives out to the watchdog."""
-
-    class Watched(base):  # type: ignore[misc]
-        def _get_conn(self, timeout: Optional[float] = None) -> Any:
-            connection = super()._get_conn(timeout)
-            watchdog: Optional[_Watchdog] = getattr(_active, "watchdog", None)
-            if watchdog is not None:
-                watchdog.attach(connection)
-            return connection
-
-    Watched.__name__ = Watched.__qualname__ = f"Watched{base.__name__}"
-    return Watched
-
-
-_WATCHED: dict[type[Any], type[Any]] = {}
-
-
-def _watch_pools(manager: Any) -> Any:
-    """Make ``manager`` (a urllib3 PoolManager or ProxyManager) create watched pools."""
-    classes = {}
-    for scheme, pool_class in manager.pool_classes_by_scheme.items():
-        if pool_class not in _WATCHED:
-            _WATCHED[pool_class] = _watched_pool(pool_class)
-        classes[scheme] = _WATCHED[pool_class]
-    manager.pool_classes_by_scheme = classes
-    return manager
-
-
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter (proxies, TLS, CA bundles) whose connections are watched for the total deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        _watch_pools(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        known = proxy in self.proxy_manager
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        return manager if known else _watch_pools(manager)
 
 
 def _answer_text(response: requests.Response, body: bytes) -> str:
@@ -286,8 +154,8 @@ class Transport:
                 InsecureEndpointWarning,
                 stacklevel=3,  # the code that built the handler (Transport is made in its __init__)
             )
-        self._adapter: Optional[_Adapter] = None
-        self._watchdog = _Watchdog()
+        self._adapter: Optional[WatchedAdapter] = None
+        self._watchdog = Watchdog()
         self.requests_sent = 0
         self.retries = 0
         self.bytes_sent = 0
@@ -393,7 +261,7 @@ class Transport:
         """One POST within ``timeout`` seconds in all: (None, None) on success, else the error and any Retry-After."""
         adapter = self._adapter
         if adapter is None:
-            adapter = self._adapter = _Adapter(pool_connections=2, pool_maxsize=2)
+            adapter = self._adapter = WatchedAdapter(pool_connections=2, pool_maxsize=2)
         request = self._request
         request.body = payload
         request.headers["Content-Length"] = str(len(payload))
@@ -404,7 +272,6 @@ class Transport:
         answer = ""
         started = time.monotonic()
         watchdog.arm(started + timeout)
-        _active.watchdog = watchdog
         try:
             response = adapter.send(
                 request, stream=True, timeout=(timeout, timeout), verify=self._verify, proxies=self._proxies
@@ -420,7 +287,6 @@ class Transport:
         except Exception as exc:  # anything requests or urllib3 raise: a failed attempt, never a crash
             failure = f"{type(exc).__name__}: {exc}"
         finally:
-            _active.watchdog = None
             cut_off = watchdog.disarm()
             self.requests_sent += 1
         if failure is not None and not status:
@@ -475,7 +341,7 @@ class Transport:
     def reset_after_fork(self) -> None:
         """Forget the parent's connections without closing them (closing would disturb the parent's)."""
         self._adapter = None
-        self._watchdog = _Watchdog()  # the parent's thread does not exist here, and its lock may be held
+        self._watchdog = Watchdog()  # the parent's thread does not exist here, and its lock may be held
         self.requests_sent = self.retries = self.bytes_sent = 0
 
     def close(self) -> None:
