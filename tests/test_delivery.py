@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-import requests
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
 from dreamdata_logging import _lifecycle as lifecycle_module
