@@ -36,7 +36,6 @@ class Buffer:
         self._inside: set[int] = set()  # threads between entering put()/flush() and leaving them
         # The worker's side: taken off _queue in one swap, cut into batches without the lock.
         self._pending: list[bytes] = []
-        self._taken = 0  # messages at the head of _pending already cut into batches (dropped in bulk)
         self._pending_bytes = 0
         self.held = 0  # messages in memory: waiting plus in flight
         self.held_bytes = 0
@@ -129,29 +128,23 @@ class Buffer:
         if arrived:
             self._pending.extend(arrived)
             self._pending_bytes += sum(map(len, arrived))
-        if self._taken == len(self._pending) or (not wanted and not self._full_batch_pending()):
+        if not self._pending or (not wanted and not self._full_batch_pending()):
             return None
         return self._cut()
 
     def _full_batch_pending(self) -> bool:
-        count = len(self._pending) - self._taken
+        count = len(self._pending)
         return count >= self._batch_events or self._pending_bytes + count - 1 > self._body_room
 
     def _cut(self) -> tuple[list[bytes], int]:
         """The longest run from the head that fits one body: found with C-level sums, not a loop per message."""
-        pending, start = self._pending, self._taken
-        head = pending[start : start + self._batch_events]
+        pending = self._pending
+        head = pending[: self._batch_events]
         # With n messages a body holds their bytes plus n - 1 commas: keep the n whose total fits the room.
         totals = list(map(add, accumulate(map(len, head)), count()))
         n = max(1, bisect_right(totals, self._body_room))  # one message always goes (each fits on its own)
         items = head if n == len(head) else head[:n]
-        self._taken = start + n
-        if self._taken == len(pending):
-            pending.clear()
-            self._taken = 0
-        elif self._taken > 4096 and self._taken * 2 > len(pending):
-            del pending[: self._taken]
-            self._taken = 0
+        del pending[:n]  # what is sent is referenced by the batch alone, so memory follows the queue
         size = totals[n - 1] - (n - 1)
         self._pending_bytes -= size
         self._batched += n
@@ -170,7 +163,7 @@ class Buffer:
     def live_waiting(self) -> bool:
         """Messages that should go out now (a full batch, or a flush or close wants them)."""
         with self._lock:
-            queued = len(self._queue) + len(self._pending) - self._taken
+            queued = len(self._queue) + len(self._pending)
             if not queued:
                 return False
             full = queued >= self._batch_events or self._queued_bytes + self._pending_bytes >= self._body_room
