@@ -56,7 +56,9 @@ def environment(
     found.update(requests.utils.get_environ_proxies(url, no_proxy=no_proxy))
     if proxies:
         found.update(proxies)
-    if verify is True:
+    if not url.startswith("https:") and not any(proxy.startswith("https:") for proxy in found.values()):
+        verify = True  # no TLS anywhere: a CA bundle path would only cost requests a stat() per request
+    elif verify is True:
         verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return found, verify
 
