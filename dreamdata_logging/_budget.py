@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
@@ -59,3 +60,14 @@ class Budget:
         if own is None:
             return limit
         return own if limit is None else min(own, limit)
+
+
+def set_unless_busy(event: threading.Event) -> None:
+    """Set ``event`` unless this thread was interrupted (by a signal handler) while inside one of its
+    methods, which would deadlock; the waiting thread then notices within its own wait's timeout."""
+    lock = getattr(getattr(event, "_cond", None), "_lock", None)
+    if lock is not None:
+        if not lock.acquire(blocking=False):
+            return
+        lock.release()
+    event.set()

@@ -23,7 +23,7 @@ class RateLimitedReporter:
 
     def __init__(self, interval: float = REPORT_INTERVAL) -> None:
         self._interval = interval
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may report while its thread does
         _reporters.add(self)
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -48,7 +48,7 @@ _reporters: weakref.WeakSet[RateLimitedReporter] = weakref.WeakSet()
 def _new_locks_in_child() -> None:
     # Another thread may have held a reporter's lock at fork(); the child's copy would stay locked.
     for reporter in list(_reporters):
-        reporter._lock = threading.Lock()
+        reporter._lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -10,7 +10,7 @@ import threading
 from typing import Optional, Protocol, Union
 
 from . import _outage as outage
-from ._budget import Budget, Deadlines
+from ._budget import Budget, Deadlines, set_unless_busy
 from ._outage import OutageState
 from ._problems import Problems, safe_text
 from ._spool import Claim, Spool, SpoolUnavailable
@@ -153,7 +153,7 @@ class Dispatcher:
         """The queue passed its high-water mark during a send: the send stops retrying (to the spool)."""
         if self._sending and not self._spilling:
             self._spilling = True
-            self.cancel.set()  # ends a backoff wait now
+            set_unless_busy(self.cancel)  # ends a backoff wait now (put() may run in a signal handler)
 
     def _spill_requested(self) -> bool:
         return self._spilling

@@ -13,7 +13,7 @@ import time
 from typing import Optional
 
 from . import _lifecycle as lifecycle
-from ._budget import Deadlines
+from ._budget import Deadlines, set_unless_busy
 from ._buffer import READY, Buffer
 from ._dispatch import Dispatcher
 from ._outage import SpoolDrain
@@ -81,8 +81,8 @@ class Worker:
         self.closing = True
         self._deadlines.closing = time.monotonic() + timeout
         self.buffer.close()
-        _set_unless_busy(self.dispatcher.cancel)  # cuts a backoff wait short: one immediate last attempt
-        _set_unless_busy(self._wake)
+        set_unless_busy(self.dispatcher.cancel)  # cuts a backoff wait short: one immediate last attempt
+        set_unless_busy(self._wake)
         if wait:
             self.join()
 
@@ -104,9 +104,11 @@ class Worker:
     # -- the thread -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if lifecycle.exiting():  # checked before the lock too: an inline ship may hold it (emit never waits)
+        # Never wait for the lock: whoever holds it (another thread, an inline ship at exit, or this very
+        # thread, interrupted by a signal handler that logs) starts the thread or ships the events itself.
+        if lifecycle.exiting() or not self._start_lock.acquire(blocking=False):
             return
-        with self._start_lock:
+        try:
             if self._thread is not None or self.closing or lifecycle.exiting():
                 return  # never start a thread while the interpreter exits; close() ships inline
             thread = threading.Thread(target=self._run, name="dreamdata-logging-worker", daemon=True)
@@ -115,6 +117,8 @@ class Worker:
             except RuntimeError:  # interpreter shutting down, or threads not allowed here
                 return
             self._thread = thread
+        finally:
+            self._start_lock.release()
 
     def _thread_running(self) -> bool:
         if self._thread is None:
@@ -151,7 +155,9 @@ class Worker:
 
     def _ship_inline(self, timeout: Optional[float] = None) -> None:
         """Ship from the calling thread: only when no worker thread can run (e.g. during exit)."""
-        with self._start_lock:
+        if not self._start_lock.acquire(blocking=False):
+            return  # a thread is being started, or this thread was interrupted while shipping
+        try:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._deadlines.inline = None if timeout is None else time.monotonic() + timeout
@@ -159,14 +165,5 @@ class Worker:
                 self._ship(force=True)
             finally:
                 self._deadlines.inline = None
-
-
-def _set_unless_busy(event: threading.Event) -> None:
-    """Set ``event`` unless this thread was interrupted (by a signal handler) while inside one of its
-    methods, which would deadlock; the worker then notices within ``flush_interval`` instead."""
-    lock = getattr(getattr(event, "_cond", None), "_lock", None)
-    if lock is not None:
-        if not lock.acquire(blocking=False):
-            return
-        lock.release()
-    event.set()
+        finally:
+            self._start_lock.release()

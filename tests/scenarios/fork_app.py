@@ -59,7 +59,9 @@ if mode in ("os-fork", "in-flight"):
     emit("parent", 5)
     if mode == "in-flight":
         deadline = time.monotonic() + 10
-        while handler._worker.buffer._batched < 5 and time.monotonic() < deadline:  # the batch has left the queue
+        watchdog = handler._transport._exchange._watchdog
+        # The batch has left the queue and its request has a connection (it is being sent).
+        while (handler._worker.buffer._batched < 5 or watchdog._connection is None) and time.monotonic() < deadline:
             time.sleep(0.005)
     pid = os.fork()
     if pid == 0:
