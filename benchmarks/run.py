@@ -399,7 +399,7 @@ def analyse(runs: list, events: int) -> tuple[dict, list]:
         )
         if o.get("close_seconds") is not None and o.get("shutdown_timeout") is not None:
             target(
-                f"outage: {name} close() time within shutdown_timeout (s, contract section 3)",
+                f"outage: {name} close() time within shutdown_timeout (s)",
                 round(o["close_seconds"], 2),
                 "<=",
                 round(o["shutdown_timeout"] * 1.1 + 0.1, 2),

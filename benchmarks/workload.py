@@ -2,7 +2,7 @@
 one with ~4 kB of properties (an e-commerce "Order Completed" with a product list).
 
 Both use the reference example's userId and context. The same objects are passed on every call,
-to every contender; each contender must snapshot them itself (the contract requires it).
+to every contender; each contender must snapshot them itself (the handler promises a snapshot at emit).
 
 Neither workload contains the string ``"type"`` anywhere: the receiver counts messages by it.
 """
