@@ -81,7 +81,7 @@ if _orjson is not None:
 
 
 def dumps(value: Any, *, fast: Optional[bool] = None) -> bytes:
-    """Serialise ``value`` to compact UTF-8 JSON with the contract's conversions.
+    """Serialise ``value`` to compact UTF-8 JSON, converting what JSON lacks (see docs/events.md).
 
     Raises :class:`InvalidEventError` for circular or absurdly deep data.
     ``fast=False`` forces the standard-library path (used by the tests to compare both).
