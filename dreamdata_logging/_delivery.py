@@ -38,31 +38,26 @@ _IN_UWSGI_MASTER = DeliveryError(
 
 @dataclass(frozen=True)
 class Limits:
-    """The handler's batching and memory settings."""
+    """The handler's batching and memory settings, and what it does with a problem."""
 
     flush_at: int
     flush_interval: float
     max_queue_size: int
     max_queue_bytes: int
     shutdown_timeout: float
+    on_error: Optional[OnError]
+    scrub: Callable[[str], str]  # takes every secret out of a text
 
 
 class Delivery:
     """Queues message bytes and delivers them from a background thread; counts and reports every loss."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        spool: Optional[Spool],
-        limits: Limits,
-        on_error: Optional[OnError],
-        scrub: Callable[[str], str],
-    ) -> None:
+    def __init__(self, transport: Transport, spool: Optional[Spool], limits: Limits) -> None:
         self.transport = transport
         self.spool = spool
         self.limits = limits
-        self._on_error = on_error
-        self._scrub = scrub
+        self._on_error = limits.on_error
+        self._scrub = limits.scrub
         self.renewed = False
         self.worker = self._new_worker(Counters())
 

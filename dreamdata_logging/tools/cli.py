@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import DreamdataHandler, alias, group, identify, page, screen, track
 from .._version import __version__
@@ -95,6 +95,11 @@ def _count(text: str) -> int:
     return value
 
 
+def _number(parser: Any, flag: str, kind: Callable[[str], Any], default: Any, help: str) -> None:
+    """An option that takes a number: a positive one (seconds, ``S``) or a count (``N``)."""
+    parser.add_argument(flag, metavar="S" if kind is _positive else "N", type=kind, default=default, help=help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreamdata-logging", description="Dreamdata analytics events from Python logging."
@@ -107,11 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(commands: Any, name: str, summary: str, description: str) -> Any:
+    return commands.add_parser(name, help=summary, description=description)
+
+
 def _add_collector_command(commands: Any) -> None:
-    collector = commands.add_parser(
+    collector = _command(
+        commands,
         "collector",
-        help="a local stand-in for the batch endpoint, with a live event debugger at GET /",
-        description="A local stand-in for Dreamdata's POST /v1/batch: checks auth, JSON, the 500,000-byte limit "
+        "a local stand-in for the batch endpoint, with a live event debugger at GET /",
+        "A local stand-in for Dreamdata's POST /v1/batch: checks auth, JSON, the 500,000-byte limit "
         "and each message as the API does, and prints a line per request. Open http://HOST:PORT/ in a browser "
         "for the live event debugger. Memory stays bounded: only the last --keep messages are kept (for the "
         "counts and the debugger); every accepted message is appended to --out.",
@@ -129,20 +139,16 @@ def _add_collector_command(commands: Any) -> None:
         "timestamps like 2012-12-02T00:30:08.276Z); by default any RFC 3339 timestamp, no envelope messageId "
         "and a batch-level context are accepted, as the API does",
     )
-    collector.add_argument(
-        "--keep",
-        metavar="N",
-        type=_count,
-        default=CLI_KEEP,
-        help=f"messages kept in memory, the newest (default {CLI_KEEP:,}); older ones are only in --out",
-    )
+    keep = f"messages kept in memory, the newest (default {CLI_KEEP:,}); older ones are only in --out"
+    _number(collector, "--keep", _count, CLI_KEEP, keep)
 
 
 def _add_send_command(commands: Any) -> None:
-    send = commands.add_parser(
+    send = _command(
+        commands,
         "send",
-        help="send a batch document or JSON lines of messages to the endpoint",
-        description="Send FILE (a batch document {\"batch\": [...]} or JSON lines, one message per line; '-' is "
+        "send a batch document or JSON lines of messages to the endpoint",
+        "Send FILE (a batch document {\"batch\": [...]} or JSON lines, one message per line; '-' is "
         "standard input): every message is checked, requests are kept within 500,000 bytes and sent with retries. "
         "Exit code: 0 all valid messages arrived, 1 some invalid or not delivered, 2 usage error.",
     )
@@ -151,20 +157,8 @@ def _add_send_command(commands: Any) -> None:
     send.add_argument("--endpoint", metavar="URL", help="default: env DREAMDATA_ENDPOINT, else Dreamdata's")
     send.add_argument("--dry-run", action="store_true", help="check and report on stdout; send nothing")
     send.add_argument("--gzip", action="store_true", help="compress request bodies")
-    send.add_argument(
-        "--timeout",
-        metavar="S",
-        type=_positive,
-        default=DEFAULT_TIMEOUT,
-        help="seconds per request (default %(default)g)",
-    )
-    send.add_argument(
-        "--max-retries",
-        metavar="N",
-        type=_count,
-        default=DEFAULT_MAX_RETRIES,
-        help="retries of one request (default %(default)d)",
-    )
+    _number(send, "--timeout", _positive, DEFAULT_TIMEOUT, "seconds per request (default %(default)g)")
+    _number(send, "--max-retries", _count, DEFAULT_MAX_RETRIES, "retries of one request (default %(default)d)")
     send.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
