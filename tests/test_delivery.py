@@ -12,7 +12,6 @@ import base64
 import email.utils
 import json
 import logging
-import shutil
 import socket
 import ssl
 import subprocess
@@ -642,19 +641,6 @@ def test_plain_http_to_a_non_loopback_host_warns_at_construction():
         for endpoint in ("http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9", "https://example.com"):
             DreamdataHandler("k", endpoint=endpoint).close()
 
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shutil
 import ssl
 import subprocess
 import sys
@@ -128,19 +127,6 @@ def test_handler_flush_is_false_on_a_redirect_and_on_error_gets_the_3xx(target: 
     assert handler.stats()["delivered"] == 0
     assert target.requests == []
 
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 def test_an_https_endpoint_redirecting_to_plain_http_gets_no_data_resent(tls_files, target: FaultServer) -> None:
