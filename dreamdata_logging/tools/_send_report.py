@@ -101,7 +101,10 @@ class Scrubbed(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except (ValueError, OSError):  # the stream underneath was closed first (io closes this one on collection)
+            pass
 
 
 def print_dry_run(report: Report, path: str, broken: Optional[FileFormatError], out: TextIO) -> None:
