@@ -9,7 +9,7 @@
    difference to ``send=False``: what the worker thread costs the caller through the GIL.
 3. cProfile of the caller thread in that loop (the worker thread is not profiled), top functions.
 
-Uses package internals (``dreamdata_logging._message``/``encoding``) where they exist, for the
+Uses package internals (``dreamdata_logging.events.message``/``encoding``) where they exist, for the
 breakdown only; stages it cannot find are skipped.
 """
 
@@ -102,9 +102,8 @@ def main(argv=None) -> None:
         "handler.emit(record), send=False": lambda: quiet.emit(record),
     }
     try:
-        from dreamdata_logging import _encoding as encoding
-        from dreamdata_logging import _message as message
-        from dreamdata_logging import _wire as wire
+        from dreamdata_logging.events import encoding, message
+        from dreamdata_logging.wire import rules as wire
 
         msg = {
             "type": "track",

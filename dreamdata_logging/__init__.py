@@ -7,12 +7,12 @@ logging.getLogger().addHandler(DreamdataHandler("WRITE_KEY"))
 logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
 """
 
-from ._context import bind
-from ._events import alias, group, identify, page, screen, track
-from ._handler import DreamdataHandler
-from ._serverless import flush, flush_after
-from ._version import __version__
-from .errors import DeliveryError, DreamdataError, InvalidEventError, PayloadTooLargeError
+from dreamdata_logging._handler import DreamdataHandler
+from dreamdata_logging._serverless import flush, flush_after
+from dreamdata_logging._version import __version__
+from dreamdata_logging.errors import DeliveryError, DreamdataError, InvalidEventError, PayloadTooLargeError
+from dreamdata_logging.events.bind import bind
+from dreamdata_logging.events.helpers import alias, group, identify, page, screen, track
 
 __all__ = [
     "DeliveryError",

@@ -1,5 +1,5 @@
 import sys
 
-from .tools.cli import main
+from dreamdata_logging.tools.cli import main
 
 sys.exit(main())

@@ -7,21 +7,21 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from . import _lifecycle as lifecycle
-from . import _message as wire
-from . import _options as options
-from . import _record
-from . import testing as _testing
-from ._buffer import CLOSED, FULL
-from ._context import current as _current_bindings
-from ._delivery import Delivery, Limits
-from ._problems import OnError, safe_text
-from ._spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
-from ._spool import Spool
-from ._transport import DEFAULT_ENDPOINT, Transport
-from ._wire import MAX_MESSAGE_BYTES
-from ._worker import Worker
-from .errors import InvalidEventError
+from dreamdata_logging import _options as options
+from dreamdata_logging import testing as _testing
+from dreamdata_logging.delivery import lifecycle
+from dreamdata_logging.delivery.buffer import CLOSED, FULL
+from dreamdata_logging.delivery.delivery import Delivery, Limits
+from dreamdata_logging.delivery.problems import OnError, safe_text
+from dreamdata_logging.delivery.worker import Worker
+from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.events import message as wire
+from dreamdata_logging.events import record as _record
+from dreamdata_logging.events.bind import current as _current_bindings
+from dreamdata_logging.spool.spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
+from dreamdata_logging.spool.spool import Spool
+from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, Transport
+from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES
 
 DEFAULT_FLUSH_AT = 2000
 DEFAULT_FLUSH_INTERVAL = 1.0

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from ._problems import OnError
+from dreamdata_logging.delivery.problems import OnError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", "", "none"}

@@ -12,7 +12,7 @@ import inspect
 import time
 from typing import Any, Callable, Optional, TypeVar, Union, cast, overload
 
-from . import _lifecycle
+from dreamdata_logging.delivery import lifecycle as _lifecycle
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -27,8 +27,8 @@ import time
 from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import Any, Callable, Optional, Union
 
-from ._context import bind
-from ._serverless import flush
+from dreamdata_logging._serverless import flush
+from dreamdata_logging.events.bind import bind
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -34,8 +34,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from . import _context
-from . import _encoding as encoding
+from dreamdata_logging.events import bind as _context
+from dreamdata_logging.events import encoding
 
 #: The task-message header that carries the bound values.
 HEADER = "dreamdata_bound"
@@ -116,7 +116,7 @@ def _on_postrun(task_id: Optional[str] = None, **_: Any) -> None:
 
 
 def _remember_handlers() -> None:
-    from ._handler import DreamdataHandler
+    from dreamdata_logging._handler import DreamdataHandler
 
     for name in ("", "celery"):
         for handler in logging.getLogger(name or None).handlers:

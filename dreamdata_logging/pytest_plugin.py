@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import testing
-from .testing import CapturedEvents
+from dreamdata_logging import testing
+from dreamdata_logging.testing import CapturedEvents
 
 __all__ = ["dreamdata_events"]
 

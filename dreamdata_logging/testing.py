@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from .errors import InvalidEventError
+from dreamdata_logging.errors import InvalidEventError
 
 __all__ = ["CapturedEvents", "capture"]
 

@@ -13,7 +13,7 @@ import pytest
 
 import dreamdata_logging
 from dreamdata_logging import bind, identify, track
-from dreamdata_logging._context import bound
+from dreamdata_logging.events.bind import bound
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -22,7 +22,7 @@ TASKS = textwrap.dedent(
     from celery import Celery
     import dreamdata_logging.celery
     from dreamdata_logging import DreamdataHandler, track
-    from dreamdata_logging._context import bound
+    from dreamdata_logging.events.bind import bound
 
     # On the root logger, where the worker's logging set-up would remove it without setup().
     logging.getLogger().addHandler(DreamdataHandler(flush_interval=0.2))

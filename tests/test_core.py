@@ -152,7 +152,7 @@ def test_headers_auth_and_envelope(collector, make_handler, make_logger):
 def test_auth_header_is_basic_with_key_and_empty_password():
     import requests
 
-    from dreamdata_logging._transport import _WriteKeyAuth
+    from dreamdata_logging.transport.transport import _WriteKeyAuth
 
     prepared = _WriteKeyAuth(WRITE_KEY)(requests.Request("POST", "http://127.0.0.1/").prepare())
     assert prepared.headers["Authorization"] == "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
@@ -160,7 +160,7 @@ def test_auth_header_is_basic_with_key_and_empty_password():
 
 
 def test_envelope_is_compact_json_with_id_and_sent_at():
-    from dreamdata_logging._wire import Batch
+    from dreamdata_logging.wire.rules import Batch
 
     batch = Batch([b'{"a":1}', b'{"b":2}'])
     body = batch.body()

@@ -26,12 +26,12 @@ from typing import Any, Callable, Optional
 import pytest
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
-from dreamdata_logging import _lifecycle as lifecycle_module
-from dreamdata_logging import _transport as transport_module
-from dreamdata_logging._transport import InsecureEndpointWarning, Transport, retry_after_seconds
-from dreamdata_logging._wire import Batch
+from dreamdata_logging.delivery import lifecycle as lifecycle_module
 from dreamdata_logging.errors import PayloadTooLargeError
 from dreamdata_logging.tools.collector import Collector, Fault
+from dreamdata_logging.transport import transport as transport_module
+from dreamdata_logging.transport.transport import InsecureEndpointWarning, Transport, retry_after_seconds
+from dreamdata_logging.wire.rules import Batch
 
 from .conftest import WRITE_KEY
 

@@ -22,9 +22,9 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
-from dreamdata_logging._redact import REDACTED, Redactor
-from dreamdata_logging._transport import MAX_ANSWER_BYTES, InsecureEndpointWarning, Transport
-from dreamdata_logging._wire import Batch
+from dreamdata_logging.transport.redact import REDACTED, Redactor
+from dreamdata_logging.transport.transport import MAX_ANSWER_BYTES, InsecureEndpointWarning, Transport
+from dreamdata_logging.wire.rules import Batch
 
 from .fault_servers import (
     FaultServer,
@@ -147,8 +147,8 @@ def test_an_https_endpoint_redirecting_to_plain_http_gets_no_data_resent(tls_fil
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, sys
-    from dreamdata_logging._transport import Transport
-    from dreamdata_logging._wire import Batch
+    from dreamdata_logging.transport.transport import Transport
+    from dreamdata_logging.wire.rules import Batch
     from dreamdata_logging.errors import DeliveryError
 
     def peak():  # the process's high-water mark of resident memory, in bytes

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dreamdata_logging import DreamdataHandler
-from dreamdata_logging import _encoding as encoding
-from dreamdata_logging._wire import MAX_MESSAGE_BYTES
 from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.events import encoding
 from dreamdata_logging.tools.collector import Collector
+from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES
 
 from .conftest import WRITE_KEY
 
@@ -332,7 +332,7 @@ def test_cycles_and_absurd_depth_are_refused_with_a_reason(fast):
 def test_without_orjson_the_package_uses_the_standard_library_end_to_end(collector):
     script = (
         "import logging, sys\n"
-        "from dreamdata_logging import DreamdataHandler, track\nfrom dreamdata_logging import _encoding as encoding\n"
+        "from dreamdata_logging import DreamdataHandler, track\nfrom dreamdata_logging.events import encoding\n"
         "assert encoding.BACKEND == 'json', encoding.BACKEND\n"
         "h = DreamdataHandler(sys.argv[2], endpoint=sys.argv[1], flush_interval=60)\n"
         "log = logging.getLogger('x'); log.setLevel(logging.INFO); log.addHandler(h)\n"

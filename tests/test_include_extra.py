@@ -8,7 +8,7 @@ import logging
 import logging.config
 
 from dreamdata_logging import group, identify, page, screen, track
-from dreamdata_logging._record import RESERVED_RECORD_ATTRS
+from dreamdata_logging.events.record import RESERVED_RECORD_ATTRS
 
 from .conftest import WRITE_KEY
 

@@ -15,15 +15,15 @@ from typing import Any, Optional
 
 import pytest
 
-from dreamdata_logging._budget import Budget, Deadlines
-from dreamdata_logging._buffer import ACCEPTED, CLOSED, FULL, READY, Buffer
-from dreamdata_logging._dispatch import Dispatcher
-from dreamdata_logging._outage import OutageState, SpoolDrain
-from dreamdata_logging._problems import Counters, Problems
-from dreamdata_logging._spool import Spool
-from dreamdata_logging._wire import Batch
-from dreamdata_logging._worker import Worker
+from dreamdata_logging.delivery.buffer import ACCEPTED, CLOSED, FULL, READY, Buffer
+from dreamdata_logging.delivery.deadlines import Budget, Deadlines
+from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
+from dreamdata_logging.delivery.problems import Counters, Problems
+from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
+from dreamdata_logging.spool.spool import Spool
+from dreamdata_logging.wire.rules import Batch
 
 
 def message(n: int, pad: int = 0) -> bytes:

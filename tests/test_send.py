@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from dreamdata_logging._wire import MAX_BODY_BYTES
 from dreamdata_logging.tools import cli, send
 from dreamdata_logging.tools.collector import Collector, Fault
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES
 
 from .conftest import WRITE_KEY
 

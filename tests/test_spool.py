@@ -20,11 +20,11 @@ from typing import Any, Optional
 import pytest
 
 from dreamdata_logging import DreamdataHandler, track
-from dreamdata_logging import _outage as worker
-from dreamdata_logging import _transport as transport
-from dreamdata_logging._spool import Spool
-from dreamdata_logging._wire import new_message_id, now_timestamp
+from dreamdata_logging.delivery import outage as worker
+from dreamdata_logging.spool.spool import Spool
 from dreamdata_logging.tools.collector import Fault
+from dreamdata_logging.transport import transport
+from dreamdata_logging.wire.rules import new_message_id, now_timestamp
 
 from .conftest import WRITE_KEY
 
@@ -279,7 +279,7 @@ def test_spool_claims_never_overlap_between_processes(tmp_path):
     Spool(spool_path).put([message(n, "claims") for n in range(3000)])
     code = (
         "import json, sys\n"
-        "from dreamdata_logging._spool import Spool\n"
+        "from dreamdata_logging.spool.spool import Spool\n"
         "spool = Spool(sys.argv[1])\n"
         "got = []\n"
         "while True:\n"

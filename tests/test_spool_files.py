@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from dreamdata_logging import _spool
-from dreamdata_logging._spool import LEASE_SECONDS, SCHEMA_VERSION, Spool, SpoolUnavailable
+from dreamdata_logging.spool import spool as _spool
+from dreamdata_logging.spool.spool import LEASE_SECONDS, SCHEMA_VERSION, Spool, SpoolUnavailable
 
 HARD_TIMEOUT = 60  # seconds any subprocess may take before the test fails
 
@@ -72,7 +72,7 @@ def test_rows_of_a_process_killed_holding_a_claim_are_taken_by_another(tmp_path)
     Spool(path).put([b'{"n":%d}' % n for n in range(10)])
     code = (
         "import json, os, signal, sys, time\n"
-        "from dreamdata_logging._spool import Spool\n"
+        "from dreamdata_logging.spool.spool import Spool\n"
         "claim = Spool(sys.argv[1]).claim(100, 500_000, lease_seconds=2.0)\n"
         "print(json.dumps({'ids': claim.ids, 'until': time.time() + 2.0}), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -156,7 +156,7 @@ def test_a_file_size_limit_fails_the_put_and_the_spool_works_again_when_lifted(t
     # RLIMIT_FSIZE makes writes past the limit fail with EFBIG (SQLite: a disk I/O error).
     code = (
         "import json, resource, signal, sys\n"
-        "from dreamdata_logging._spool import Spool, SpoolUnavailable\n"
+        "from dreamdata_logging.spool.spool import Spool, SpoolUnavailable\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "spool = Spool(sys.argv[1], free_space_reserve=0)\n"
         "spool.put([b'{\"first\":%d}' % n for n in range(50)])\n"
@@ -273,7 +273,7 @@ def test_a_file_replaced_by_another_spool_is_used_and_its_events_kept(tmp_path, 
     # The old file's -wal was not carried over into the new one; another process sees the same file.
     code = (
         "import sqlite3, sys\n"
-        "from dreamdata_logging._spool import Spool\n"
+        "from dreamdata_logging.spool.spool import Spool\n"
         "spool = Spool(sys.argv[1])\n"
         "spool.put([b'theirs'])\n"
         "conn = sqlite3.connect(sys.argv[1])\n"

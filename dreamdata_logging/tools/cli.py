@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Callable, Optional
 
-from .. import DreamdataHandler, alias, group, identify, page, screen, track
-from .._version import __version__
-from .collector import CLI_KEEP, Collector, run_collector
-from .send import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, send_file
+from dreamdata_logging import DreamdataHandler, alias, group, identify, page, screen, track
+from dreamdata_logging._version import __version__
+from dreamdata_logging.tools.collector import CLI_KEEP, Collector, run_collector
+from dreamdata_logging.tools.send import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, send_file
 
 DEMO_WRITE_KEY = "demo-write-key"
 

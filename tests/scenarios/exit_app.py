@@ -32,7 +32,7 @@ def emit(prefix: str) -> None:
 
 
 def emit_during_exit() -> None:
-    from dreamdata_logging._lifecycle import exiting as interpreter_exiting
+    from dreamdata_logging.delivery.lifecycle import exiting as interpreter_exiting
 
     emit("atexit")
     threads = [t.name for t in threading.enumerate()]

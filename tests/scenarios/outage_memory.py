@@ -11,7 +11,7 @@ import os
 import sys
 import tracemalloc
 
-import dreamdata_logging._transport as transport
+import dreamdata_logging.transport.transport as transport
 from dreamdata_logging import DreamdataHandler, track
 
 transport.BACKOFF_BASE = 0.001  # keep the worker busy retrying, giving up and taking the next batch

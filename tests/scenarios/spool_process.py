@@ -20,8 +20,8 @@ import signal
 import sys
 
 from dreamdata_logging import DreamdataHandler, track
-from dreamdata_logging import _outage as worker
-from dreamdata_logging import _transport as transport
+from dreamdata_logging.delivery import outage as worker
+from dreamdata_logging.transport import transport
 
 transport.BACKOFF_BASE = 0.01
 transport.BACKOFF_CAP = 0.05

@@ -23,14 +23,22 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO, Optional, TextIO, cast
 
-from .._handler import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from .._transport import DEFAULT_ENDPOINT, Transport
-from .._wire import with_batch_context as with_context
-from . import _send_files
-from ._send_files import MAX_VALUE_CHARS, FileFormatError, Item
-from ._send_messages import check, complete
-from ._send_report import MAX_LISTED_PROBLEMS, PROGRESS_EVERY, Progress, Report, Scrubbed, print_dry_run, summarise
-from ._send_requests import Sender
+from dreamdata_logging._handler import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from dreamdata_logging.tools.send import files as _send_files
+from dreamdata_logging.tools.send.files import MAX_VALUE_CHARS, FileFormatError, Item
+from dreamdata_logging.tools.send.messages import check, complete
+from dreamdata_logging.tools.send.posting import Sender
+from dreamdata_logging.tools.send.report import (
+    MAX_LISTED_PROBLEMS,
+    PROGRESS_EVERY,
+    Progress,
+    Report,
+    Scrubbed,
+    print_dry_run,
+    summarise,
+)
+from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, Transport
+from dreamdata_logging.wire.rules import with_batch_context as with_context
 
 __all__ = [
     "CHUNK_CHARS",

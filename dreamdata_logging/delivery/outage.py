@@ -14,7 +14,7 @@ import random
 import time
 from typing import Callable
 
-from ._spool import Claim, Spool, SpoolUnavailable
+from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
 
 #: Seconds a live batch may take (retries included) before it goes to the spool.
 SPOOL_AFTER = 15.0

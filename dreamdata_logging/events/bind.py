@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from ._events import Id, _check_id, _check_mapping
+from dreamdata_logging.events.helpers import Id, _check_id, _check_mapping
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from typing import Optional
 
-from ._diagnostics import RateLimitedReporter
+from dreamdata_logging._diagnostics import RateLimitedReporter
 
 #: Mode of a spool file this library creates (its ``-wal`` and ``-shm`` files follow the main file's).
 FILE_MODE = 0o600

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from . import _encoding as encoding
-from ._wire import (
+from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.events import encoding
+from dreamdata_logging.wire.rules import (
     _LIBRARY_ONLY,
     ID_FIELDS,
     MAPPING_FIELDS,
@@ -20,7 +21,6 @@ from ._wire import (
     new_message_id,
     user_timestamp,
 )
-from .errors import InvalidEventError
 
 
 def build_message(

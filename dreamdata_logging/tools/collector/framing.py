@@ -15,7 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, List, Mapping, Optional, Tuple
 
-from ._collector_checks import Reject
+from dreamdata_logging.tools.collector.checks import Reject
 
 # An over-limit body up to this size is read and thrown away, so a keep-alive connection stays usable;
 # a larger one (declared, or chunked past it) is answered at once and its connection closed.

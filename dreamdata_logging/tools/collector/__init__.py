@@ -4,7 +4,7 @@ It checks what the real endpoint checks (auth, JSON, the 500,000-byte body limit
 answers as it would: 200 ``{"success": true}``, or 400/401/404/405/408/413/431 with ``{"error": "<reason>"}``.
 By default it accepts what the real API accepts from any client (any RFC 3339 timestamp, no envelope
 ``messageId``, a batch-level ``context`` merged into each message); ``strict=True`` (``--strict``) also
-enforces this package's exact format (see :func:`dreamdata_logging._wire.wire_problem`).
+enforces this package's exact format (see :func:`dreamdata_logging.wire.rules.wire_problem`).
 
 It is what ``dreamdata-logging collector``, the demo and the project's tests talk to, so it also records
 requests and messages (the last ``keep`` of each; ``keep=None`` keeps everything), appends accepted
@@ -31,15 +31,15 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Union
 
-from .._wire import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
-from ._collector_checks import Judged
-from ._collector_faults import Fault, FaultInjection
-from ._collector_feed import FEED_ROWS, Feed
-from ._collector_feed import MAX_PAGES as _MAX_PAGES
-from ._collector_feed import SSE_PING as _SSE_PING
-from ._collector_requests import RequestRecord, print_request
-from ._collector_server import BATCH_PATH, PAGE_PATH, CollectorServer
-from ._collector_server import EVENTS_PATH as EVENTS_PATH
+from dreamdata_logging.tools.collector.checks import Judged
+from dreamdata_logging.tools.collector.faults import Fault, FaultInjection
+from dreamdata_logging.tools.collector.feed import FEED_ROWS, Feed
+from dreamdata_logging.tools.collector.feed import MAX_PAGES as _MAX_PAGES
+from dreamdata_logging.tools.collector.feed import SSE_PING as _SSE_PING
+from dreamdata_logging.tools.collector.records import RequestRecord, print_request
+from dreamdata_logging.tools.collector.server import BATCH_PATH, PAGE_PATH, CollectorServer
+from dreamdata_logging.tools.collector.server import EVENTS_PATH as EVENTS_PATH
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
 
 __all__ = [
     "BATCH_PATH",

@@ -14,8 +14,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
-from ._redact import Redactor
-from .errors import DeliveryError, PayloadTooLargeError
+from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
+from dreamdata_logging.transport.redact import Redactor
 
 #: Most bytes read of any answer's body (enough for an error excerpt); the rest is never read.
 MAX_ANSWER_BYTES = 8192

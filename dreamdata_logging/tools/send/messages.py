@@ -1,14 +1,16 @@
 """Completing and checking the messages of ``dreamdata-logging send``, as the handler would make them.
 
 A message is completed (``type``, ``messageId``, ``timestamp``, int ids) then checked with the package's
-wire rules (:func:`dreamdata_logging._wire.wire_problem` and the 32,000-byte limit).
+wire rules (:func:`dreamdata_logging.wire.rules.wire_problem` and the 32,000-byte limit).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from .._wire import (
+from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.tools.send.files import Item
+from dreamdata_logging.wire.rules import (
     ID_FIELDS,
     encode_message,
     is_wire_timestamp,
@@ -17,8 +19,6 @@ from .._wire import (
     user_timestamp,
     wire_problem,
 )
-from ..errors import InvalidEventError
-from ._send_files import Item
 
 
 def complete(message: Any) -> Any:

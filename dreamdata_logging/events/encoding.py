@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from pythonjsonlogger import defaults
 
-from .errors import InvalidEventError
+from dreamdata_logging.errors import InvalidEventError
 
 _orjson: Any = None
 if not os.environ.get("DREAMDATA_LOGGING_NO_ORJSON"):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 from typing import Optional, Protocol, Union
 
-from . import _outage as outage
-from ._budget import Budget, Deadlines, set_unless_busy
-from ._outage import OutageState
-from ._problems import Problems, safe_text
-from ._spool import Claim, Spool, SpoolUnavailable
-from ._wire import Batch
-from .errors import DeliveryError, PayloadTooLargeError
+from dreamdata_logging.delivery import outage
+from dreamdata_logging.delivery.deadlines import Budget, Deadlines, set_unless_busy
+from dreamdata_logging.delivery.outage import OutageState
+from dreamdata_logging.delivery.problems import Problems, safe_text
+from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
+from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
+from dreamdata_logging.wire.rules import Batch
 
 OUTAGE = DeliveryError("the endpoint is unavailable (outage mode)", retryable=True)
 

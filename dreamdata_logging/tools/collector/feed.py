@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ._collector_checks import Judged, first_problem
-from ._collector_requests import RequestRecord
-from ._debugger_page import PAGE
+from dreamdata_logging.tools.collector.checks import Judged, first_problem
+from dreamdata_logging.tools.collector.page import PAGE
+from dreamdata_logging.tools.collector.records import RequestRecord
 
 #: Seconds between keep-alive comments to an idle page (how soon a closed page is noticed).
 SSE_PING = 5.0

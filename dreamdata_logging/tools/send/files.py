@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional
 
-from .._wire import STRICT_JSON, with_batch_context
+from dreamdata_logging.wire.rules import STRICT_JSON, with_batch_context
 
 #: Bytes read from the file at a time when parsing a batch document.
 CHUNK_CHARS = 1 << 20

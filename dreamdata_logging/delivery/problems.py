@@ -13,8 +13,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from ._diagnostics import RateLimitedReporter
-from .errors import DeliveryError, InvalidEventError
+from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging.errors import DeliveryError, InvalidEventError
 
 OnError = Callable[[BaseException, list[Any]], Any]
 

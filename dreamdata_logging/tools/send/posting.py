@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Optional, TextIO
 
-from .._transport import Transport
-from .._wire import MAX_BODY_BYTES, Batch, body_size
-from ..errors import DeliveryError
-from ._send_report import Report
+from dreamdata_logging.errors import DeliveryError
+from dreamdata_logging.tools.send.report import Report
+from dreamdata_logging.transport.transport import Transport
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES, Batch, body_size
 
 
 class Sender:

@@ -13,7 +13,7 @@ import json
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .._wire import (
+from dreamdata_logging.wire.rules import (
     MAX_BODY_BYTES,
     STRICT_JSON,
     api_problem,
@@ -22,9 +22,9 @@ from .._wire import (
     is_wire_timestamp,
     with_batch_context,
 )
-from .._wire import _filled as filled
-from .._wire import _show as show
-from .._wire import wire_problem as strict_problem
+from dreamdata_logging.wire.rules import _filled as filled
+from dreamdata_logging.wire.rules import _show as show
+from dreamdata_logging.wire.rules import wire_problem as strict_problem
 
 # One message as judged: (the message as received, its compact JSON when it could be made, why it is refused)
 Judged = Tuple[Any, Optional[bytes], Optional[str]]

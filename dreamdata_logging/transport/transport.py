@@ -24,13 +24,19 @@ import warnings
 from collections.abc import Mapping
 from typing import Callable, Optional, Union
 
-from ._answer import MAX_ANSWER_BYTES, delivery_error, refusal
-from ._endpoint import DEFAULT_ENDPOINT, InsecureEndpointWarning, check_write_key, is_insecure, split_endpoint
-from ._endpoint import WriteKeyAuth as _WriteKeyAuth
-from ._exchange import USER_AGENT, Exchange
-from ._redact import Redactor
-from ._wire import Batch
-from .errors import DeliveryError
+from dreamdata_logging.errors import DeliveryError
+from dreamdata_logging.transport.answer import MAX_ANSWER_BYTES, delivery_error, refusal
+from dreamdata_logging.transport.endpoint import (
+    DEFAULT_ENDPOINT,
+    InsecureEndpointWarning,
+    check_write_key,
+    is_insecure,
+    split_endpoint,
+)
+from dreamdata_logging.transport.endpoint import WriteKeyAuth as _WriteKeyAuth
+from dreamdata_logging.transport.exchange import USER_AGENT, Exchange
+from dreamdata_logging.transport.redact import Redactor
+from dreamdata_logging.wire.rules import Batch
 
 __all__ = [
     "BACKOFF_BASE",
@@ -121,7 +127,7 @@ def _read(deadline: Deadline) -> Optional[float]:
 
 
 class Transport:
-    """Sends :class:`~dreamdata_logging._wire.Batch` es over keep-alive connections through ``requests``.
+    """Sends :class:`~dreamdata_logging.wire.rules.Batch` es over keep-alive connections through ``requests``.
 
     Used from one thread at a time (the handler's worker). Counters are plain ints for that reason.
     ``endpoint`` is the display form of the URL (no userinfo, query or fragment); ``redactor`` scrubs the write

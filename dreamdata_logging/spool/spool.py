@@ -9,7 +9,7 @@ at once, and the rows of a process that dies mid-send become available again whe
 
 This module holds the operations (put, claim, ack, release, discard, pending, and trimming to the
 size bound); the file itself (opening, forks, damaged, newer, removed or replaced files, free space)
-is :mod:`dreamdata_logging._spool_file`'s. The application never sees an exception from here: a full
+is :mod:`dreamdata_logging.spool.file`'s. The application never sees an exception from here: a full
 disk (or a write error) makes ``put`` fail with ``SpoolUnavailable`` while what the spool holds can
 still be claimed and acknowledged, and writing resumes by itself once there is room.
 """
@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Callable, Optional, TypeVar, Union
 
-from ._diagnostics import RateLimitedReporter
-from ._spool_file import (
+from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging.spool.file import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     SpoolFile,

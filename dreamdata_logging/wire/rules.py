@@ -14,8 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from ._version import __version__
-from .errors import InvalidEventError
+from dreamdata_logging._version import __version__
+from dreamdata_logging.errors import InvalidEventError
 
 #: Most bytes one request body may have (before any gzip).
 MAX_BODY_BYTES = 500_000

@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Optional, TextIO
 
-from .._redact import Redactor
-from .._wire import MAX_BODY_BYTES
+from dreamdata_logging.transport.redact import Redactor
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from ._send_files import FileFormatError
+    from dreamdata_logging.tools.send.files import FileFormatError
 
 #: How many invalid messages are listed one by one (all are counted).
 MAX_LISTED_PROBLEMS = 100

@@ -21,10 +21,10 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._wire import reseed_ids
+from dreamdata_logging.wire.rules import reseed_ids
 
 if TYPE_CHECKING:
-    from ._handler import DreamdataHandler
+    from dreamdata_logging._handler import DreamdataHandler
 
 _handlers: tuple[weakref.ReferenceType[DreamdataHandler], ...] = ()
 _exiting = False

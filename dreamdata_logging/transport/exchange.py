@@ -16,10 +16,10 @@ from typing import Optional, Union
 import requests
 import requests.utils
 
-from ._answer import answer_text, read_answer
-from ._endpoint import WriteKeyAuth
-from ._version import __version__
-from ._watchdog import Watchdog, WatchedAdapter
+from dreamdata_logging._version import __version__
+from dreamdata_logging.transport.answer import answer_text, read_answer
+from dreamdata_logging.transport.endpoint import WriteKeyAuth
+from dreamdata_logging.transport.watchdog import Watchdog, WatchedAdapter
 
 USER_AGENT = (
     f"dreamdata-logging/{__version__} python/{platform.python_version_tuple()[0]}.{platform.python_version_tuple()[1]}"

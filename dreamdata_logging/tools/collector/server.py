@@ -16,9 +16,7 @@ from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .._wire import MAX_BODY_BYTES
-from .._wire import _show as show
-from ._collector_checks import (
+from dreamdata_logging.tools.collector.checks import (
     Judged,
     Refused,
     Reject,
@@ -30,13 +28,15 @@ from ._collector_checks import (
     parse_batch,
     peek,
 )
-from ._collector_faults import Fault
-from ._collector_feed import PAGE, PAGE_HEADERS, stream_events
-from ._collector_http import DRAIN_LIMIT, HEADER_LIMIT, BoundedRequestHandler, Connection
-from ._collector_requests import RequestRecord
+from dreamdata_logging.tools.collector.faults import Fault
+from dreamdata_logging.tools.collector.feed import PAGE, PAGE_HEADERS, stream_events
+from dreamdata_logging.tools.collector.framing import DRAIN_LIMIT, HEADER_LIMIT, BoundedRequestHandler, Connection
+from dreamdata_logging.tools.collector.records import RequestRecord
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES
+from dreamdata_logging.wire.rules import _show as show
 
 if TYPE_CHECKING:
-    from .collector import Collector
+    from dreamdata_logging.tools.collector import Collector
 
 BATCH_PATH = "/v1/batch"
 PAGE_PATH = "/"  # the debugger page

@@ -13,17 +13,17 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import _lifecycle as lifecycle
-from ._budget import Deadlines
-from ._buffer import Buffer
-from ._dispatch import Dispatcher
-from ._outage import SpoolDrain
-from ._problems import Counters, OnError, Problems
-from ._spool import Spool, SpoolUnavailable
-from ._transport import Transport
-from ._wire import MAX_BODY_BYTES, body_size
-from ._worker import Worker
-from .errors import DeliveryError
+from dreamdata_logging.delivery import lifecycle
+from dreamdata_logging.delivery.buffer import Buffer
+from dreamdata_logging.delivery.deadlines import Deadlines
+from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.outage import SpoolDrain
+from dreamdata_logging.delivery.problems import Counters, OnError, Problems
+from dreamdata_logging.delivery.worker import Worker
+from dreamdata_logging.errors import DeliveryError
+from dreamdata_logging.spool.spool import Spool, SpoolUnavailable
+from dreamdata_logging.transport.transport import Transport
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES, body_size
 
 #: Bytes of messages one request body holds, besides the envelope.
 BODY_ROOM = MAX_BODY_BYTES - body_size(0, 0)

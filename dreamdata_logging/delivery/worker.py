@@ -12,11 +12,11 @@ import threading
 import time
 from typing import Optional
 
-from . import _lifecycle as lifecycle
-from ._budget import Deadlines, set_unless_busy
-from ._buffer import READY, Buffer
-from ._dispatch import Dispatcher
-from ._outage import SpoolDrain
+from dreamdata_logging.delivery import lifecycle
+from dreamdata_logging.delivery.buffer import READY, Buffer
+from dreamdata_logging.delivery.deadlines import Deadlines, set_unless_busy
+from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.outage import SpoolDrain
 
 #: Seconds ``close()`` waits beyond its deadline for the thread's last request to end.
 JOIN_MARGIN = 1.0
