@@ -11,7 +11,7 @@ from dreamdata_logging import _options as options
 from dreamdata_logging import testing as _testing
 from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.delivery.buffer import CLOSED, FULL
-from dreamdata_logging.delivery.delivery import Delivery, Limits
+from dreamdata_logging.delivery.delivery import Delivery, Settings
 from dreamdata_logging.delivery.problems import OnError, safe_text
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import InvalidEventError
@@ -30,6 +30,32 @@ DEFAULT_MAX_QUEUE_BYTES = 50_000_000
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 8
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+_NUMBERS: dict[str, tuple[Any, float]] = {  # name: (type, smallest value)
+    "flush_at": (int, 1),
+    "flush_interval": (float, 0.001),
+    "max_queue_size": (int, 1),
+    "max_queue_bytes": (int, MAX_MESSAGE_BYTES),
+    "shutdown_timeout": (float, 0),
+}
+
+
+def _check(name: str, value: Any) -> Any:
+    kind, minimum = _NUMBERS[name]
+    return options.as_number(name, value, kind, minimum)
+
+
+def _setting(name: str, doc: str) -> Any:
+    """A handler attribute kept in its delivery's settings: read there, checked and applied when set."""
+
+    def get(self: DreamdataHandler) -> Any:
+        return getattr(self._delivery.settings, name)
+
+    def set_(self: DreamdataHandler, value: Any) -> None:
+        self._delivery.apply(name, _check(name, value))
+
+    return property(get, set_, doc=doc)
 
 
 class DreamdataHandler(logging.Handler):
@@ -67,15 +93,16 @@ class DreamdataHandler(logging.Handler):
         key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
         if not key or not isinstance(key, str):
             raise ValueError("DreamdataHandler needs a write key: pass write_key=... or set DREAMDATA_WRITE_KEY")
-        self.flush_at = options.as_number("flush_at", flush_at, int, 1)
-        self.flush_interval = options.as_number("flush_interval", flush_interval, float, 0.001)
-        self.max_queue_size = options.as_number("max_queue_size", max_queue_size, int, 1)
-        self.max_queue_bytes = options.as_number("max_queue_bytes", max_queue_bytes, int, MAX_MESSAGE_BYTES)
-        self.shutdown_timeout = options.as_number("shutdown_timeout", shutdown_timeout, float, 0)
+        settings = Settings(
+            flush_at=_check("flush_at", flush_at),
+            flush_interval=_check("flush_interval", flush_interval),
+            max_queue_size=_check("max_queue_size", max_queue_size),
+            max_queue_bytes=_check("max_queue_bytes", max_queue_bytes),
+            shutdown_timeout=_check("shutdown_timeout", shutdown_timeout),
+        )
         self.send = options.as_bool("send", send)
-        self.on_error = options.as_callable("on_error", on_error)
         self.include_extra = options.as_bool("include_extra", include_extra)
-        self.handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
+        self._handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
         self._transport = Transport(
             endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
             key,
@@ -86,18 +113,15 @@ class DreamdataHandler(logging.Handler):
             proxies=options.as_proxies(proxies),
         )
         spool_path = options.as_path("spool", spool)
-        self.spool_max_bytes = options.as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
-        self._spool = Spool(spool_path, self.spool_max_bytes) if spool_path else None
-        limits = Limits(
-            self.flush_at,
-            self.flush_interval,
-            self.max_queue_size,
-            self.max_queue_bytes,
-            self.shutdown_timeout,
-            self.on_error,
-            self._transport.redactor.scrub,
+        self._spool_max_bytes = options.as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
+        self._spool = Spool(spool_path, self._spool_max_bytes) if spool_path else None
+        self._delivery = Delivery(
+            self._transport,
+            self._spool,
+            settings,
+            on_error=options.as_callable("on_error", on_error),
+            scrub=self._transport.redactor.scrub,
         )
-        self._delivery = Delivery(self._transport, self._spool, limits)
         self._started()
 
     def _started(self) -> None:
@@ -106,10 +130,43 @@ class DreamdataHandler(logging.Handler):
         no_threads = lifecycle.threads_unavailable()
         if no_threads is not None and self.send:
             self._delivery.report("no_threads", no_threads, logging.ERROR)
-        if self.handle_sigterm:
+        if self._handle_sigterm:
             lifecycle.install_sigterm()
         if self.send:
             self._delivery.resume_spool()  # events left by an earlier outage or process: send them now
+
+    # -- settings: each takes effect at once when set ---------------------------------------------
+
+    flush_at = _setting("flush_at", "most messages in one request")
+    flush_interval = _setting("flush_interval", "seconds a message may wait before its batch is sent")
+    max_queue_size = _setting("max_queue_size", "events held in memory; past it new ones are dropped and counted")
+    max_queue_bytes = _setting("max_queue_bytes", "bytes of events held in memory")
+    shutdown_timeout = _setting("shutdown_timeout", "seconds close() and interpreter exit may spend delivering")
+
+    @property
+    def on_error(self) -> Optional[OnError]:
+        """Called as ``on_error(exception, messages)`` for events that are refused or cannot be delivered."""
+        return self._delivery.on_error
+
+    @on_error.setter
+    def on_error(self, value: Optional[OnError]) -> None:
+        self._delivery.on_error = options.as_callable("on_error", value)
+
+    @property
+    def spool_max_bytes(self) -> int:
+        """Bytes the spool file may hold; past it the oldest spooled events are dropped (counted)."""
+        return self._spool.max_bytes if self._spool is not None else self._spool_max_bytes
+
+    @spool_max_bytes.setter
+    def spool_max_bytes(self, value: Any) -> None:
+        self._spool_max_bytes = options.as_number("spool_max_bytes", value, int, MAX_MESSAGE_BYTES)
+        if self._spool is not None:
+            self._spool.max_bytes = self._spool_max_bytes
+
+    @property
+    def handle_sigterm(self) -> bool:
+        """Read-only: whether SIGTERM delivers what is queued (decided when the handler is made)."""
+        return self._handle_sigterm
 
     @property
     def _worker(self) -> Worker:
@@ -145,7 +202,18 @@ class DreamdataHandler(logging.Handler):
         return result
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Turn the record into message bytes and queue them. Never raises: whatever goes wrong is counted
+        and reported (a record without event data is only counted as skipped)."""
         event = record.__dict__.get("dreamdata")  # where extra= puts it; cheaper than getattr for plain logs
+        try:
+            self._emit(record, event)
+        except Exception as error:  # the one guard: nothing we call may raise into the caller
+            try:
+                self._invalid(InvalidEventError(f"could not be handled ({safe_text(error)})"), event)
+            except Exception:
+                pass
+
+    def _emit(self, record: logging.LogRecord, event: Any) -> None:
         name = None
         extra = None
         if event is None:
@@ -155,10 +223,10 @@ class DreamdataHandler(logging.Handler):
         elif self.include_extra:
             extra = _record.extra_fields(record)
         delivery = self._delivery
-        worker = delivery.current()  # a new process (forked without hooks, e.g. by uWSGI) starts clean
+        worker = delivery.worker_for_this_process()  # a new process (forked without hooks) starts clean
         # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
         if event is None or record.name.startswith("dreamdata_logging") or worker.is_worker_thread():
-            delivery.counters.add("skipped")
+            delivery.ledger.add("skipped")
             return
         try:
             data = wire.build_message(event, record, _current_bindings(), extra if self.include_extra else None, name)
@@ -168,17 +236,19 @@ class DreamdataHandler(logging.Handler):
         except Exception as error:  # e.g. a __str__ that raises on both encoder paths
             self._invalid(InvalidEventError(f"could not be serialised ({safe_text(error)})"), event)
             return
-        if _testing.active or not self.send:  # a test is capturing (the dreamdata_events fixture), or send=False
-            if _testing.active:
-                _testing.feed(data)
-            delivery.counters.add("unsent")
+        if _testing.active:  # a test is capturing (the dreamdata_events fixture)
+            _testing.feed(data)
+            delivery.ledger.add("captured")
+            return
+        if not self.send:
+            delivery.ledger.add("unsent")
             return
         if worker.closing and not lifecycle.exiting():
-            worker = delivery.renew()  # closed (by a reconfiguration?) but still attached: reopen
+            worker = delivery.renew(worker)  # closed (by a reconfiguration?) but still attached: reopen
         if delivery.forking_master:
             delivery.refuse_in_forking_master(data)
             return
-        status = worker.put(data)
+        status = delivery.put(data, worker)
         if status == FULL:
             delivery.report(
                 "queue_full",

@@ -19,7 +19,8 @@ from dreamdata_logging.delivery.buffer import ACCEPTED, CLOSED, FULL, READY, Buf
 from dreamdata_logging.delivery.deadlines import Budget, Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
 from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
-from dreamdata_logging.delivery.problems import Counters, Problems
+from dreamdata_logging.delivery.ledger import Ledger
+from dreamdata_logging.delivery.problems import Problems
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
 from dreamdata_logging.spool.spool import Spool
@@ -54,7 +55,7 @@ def problems(errors: Optional[list[tuple[BaseException, list[Any]]]] = None) -> 
         if errors is not None:
             errors.append((error, messages))
 
-    return Problems(Counters(), on_error, lambda text: text)
+    return Problems(Ledger(), on_error, lambda text: text)
 
 
 # -- Buffer -------------------------------------------------------------------------------------------
@@ -127,10 +128,38 @@ def test_buffer_put_interrupted_on_its_own_thread_never_waits_on_its_own_lock():
     assert buffer.accepted == 2 and buffer.held == 2
 
 
-def test_closed_buffer_refuses_and_counts():
+def test_closed_buffer_refuses_without_counting_and_seals_only_when_empty():
     buffer = Buffer(max_events=10, max_bytes=10**6, batch_events=10, body_room=10**6)
+    assert buffer.put(message(1)) == ACCEPTED
     buffer.close()
-    assert buffer.put(message(1)) == CLOSED and buffer.dropped_closed == 1
+    # Refused, not counted: the caller hands the message to a renewed buffer (or counts it, at exit).
+    assert buffer.put(message(2)) == CLOSED and buffer.accepted == 1
+    assert not buffer.seal()  # one message still held: the worker must ship it first
+    batch = buffer.next_batch(force=True)
+    assert batch is not None and len(batch[0]) == 1
+    buffer.finish(1, batch[1], delivered=True)
+    assert buffer.seal() and buffer.sealed
+
+
+def test_the_ledger_keeps_counting_across_buffers_and_folds_finished_ones():
+    ledger = Ledger()
+    first = Buffer(max_events=1, max_bytes=10**6, batch_events=10, body_room=10**6)
+    ledger.attach(first)
+    assert first.put(message(1)) == ACCEPTED and first.put(message(2)) == FULL
+    first.close()
+    second = Buffer(max_events=10, max_bytes=10**6, batch_events=10, body_room=10**6)
+    ledger.attach(second)  # the first still holds its message: not folded yet
+    second.put(message(3))
+    counts = ledger.counts()
+    assert counts["emitted"] == 3 and counts["queued"] == 2 and counts["dropped_queue_full"] == 1
+    batch = first.next_batch(force=True)
+    assert batch is not None
+    first.finish(1, batch[1], delivered=True)
+    ledger.add("delivered")
+    assert first.seal()
+    counts = ledger.counts()  # folded now: the sums stay
+    assert counts["emitted"] == 3 and counts["queued"] == 1 and counts["delivered"] == 1
+    assert counts["emitted"] == counts["delivered"] + counts["dropped_queue_full"] + counts["queued"]
 
 
 # -- Budget -------------------------------------------------------------------------------------------
@@ -167,7 +196,7 @@ def test_dispatcher_counts_a_delivered_batch():
     found = problems()
     dispatcher = Dispatcher(transport, found, Deadlines())
     assert dispatcher.deliver([message(1), message(2)], 10) is True
-    assert found.counters.delivered == 2 and found.counters.batches == 1
+    assert found.ledger.delivered == 2 and found.ledger.batches == 1
 
 
 def test_dispatcher_halves_on_413_until_each_part_fits():
@@ -177,7 +206,7 @@ def test_dispatcher_halves_on_413_until_each_part_fits():
     items = [message(i) for i in range(6)]
     assert Dispatcher(transport, found, Deadlines()).deliver(items, sum(map(len, items)))
     assert [len(b) for b in transport.sent] == [6, 3, 3, 1, 2]
-    assert found.counters.delivered == 6 and found.counters.failed == 0
+    assert found.ledger.delivered == 6 and found.ledger.failed == 0
 
 
 def test_dispatcher_gives_up_on_a_refused_batch_and_tells_on_error():
@@ -185,7 +214,7 @@ def test_dispatcher_gives_up_on_a_refused_batch_and_tells_on_error():
     found = problems(errors)
     refused = DeliveryError("HTTP 400: bad", status=400)
     assert Dispatcher(ScriptedTransport(refused), found, Deadlines()).deliver([message(1)], 1) is False
-    assert found.counters.failed == 1
+    assert found.ledger.failed == 1
     assert errors[0][0] is refused and errors[0][1][0]["messageId"] == "m1"  # decoded for on_error
 
 
@@ -196,10 +225,10 @@ def test_dispatcher_spools_what_may_succeed_later_and_enters_outage_mode(tmp_pat
     transport = ScriptedTransport(down)
     dispatcher = Dispatcher(transport, found, Deadlines(), spool=spool)
     assert dispatcher.deliver([message(1)], 1) is False
-    assert dispatcher.outage.active and spool.pending()[0] == 1 and found.counters.spool_written == 1
+    assert dispatcher.outage.active and spool.pending()[0] == 1 and found.ledger.spool_written == 1
     assert dispatcher.deliver([message(2)], 1) is False  # outage mode: straight to the spool
     assert len(transport.sent) == 1 and spool.pending()[0] == 2
-    assert found.counters.failed == 0
+    assert found.ledger.failed == 0
     spool.close()
 
 
@@ -261,10 +290,10 @@ def test_worker_flush_close_and_the_thread():
         worker.put(message(i))
     assert not worker.stopped
     assert worker.flush(timeout=5)
-    assert found.counters.delivered == 3
+    assert found.ledger.delivered == 3
     worker.put(message(3))
     worker.close(timeout=5)
-    assert worker.stopped and found.counters.delivered == 4
+    assert worker.stopped and found.ledger.delivered == 4
     assert worker.put(message(4)) == CLOSED
 
 
@@ -315,6 +344,6 @@ def test_close_from_a_signal_handler_takes_no_lock_and_delivers(tmp_path: Path):
         signal.signal(signal.SIGUSR1, previous)
     assert interrupted == [True]
     worker.join()
-    assert found.counters.delivered >= 5  # what was queued before the signal went out
+    assert found.ledger.delivered >= 5  # what was queued before the signal went out
     assert worker.stopped
 

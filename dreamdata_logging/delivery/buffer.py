@@ -24,7 +24,7 @@ class Buffer:
     def __init__(self, *, max_events: int, max_bytes: int, batch_events: int, body_room: int) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._batch_events = batch_events
+        self.batch_events = batch_events
         self._body_room = body_room  # bytes of messages one body holds, besides the envelope and commas
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -44,24 +44,33 @@ class Buffer:
         self.finished = 0
         self._last_failed = 0  # the sequence number of the last message given up on
         self._flush_upto = 0  # messages up to here are wanted now, full batch or not
-        self.closed = False
+        self.closed = False  # no new message from put(); those held still go out
+        self.sealed = False  # closed and empty, checked under the lock: no message can ever enter again
         self.dropped_full = 0
-        self.dropped_closed = 0
 
     # -- the callers' side ----------------------------------------------------------------------
 
     def put(self, data: bytes) -> int:
-        """Queue one message: ACCEPTED, READY (a batch is ready: wake the worker), FULL or CLOSED."""
+        """Queue one message: ACCEPTED, READY (a batch is ready: wake the worker), FULL or CLOSED.
+
+        CLOSED is not counted here: the caller decides (a reopened handler puts it in its new buffer)."""
+        if self.closed:
+            return CLOSED
         ident = threading.get_ident()
         inside = self._inside
         if ident in inside:  # re-entered on this thread: never wait on our own lock
-            self._side.append(data)
+            self._side.append(data)  # accepted by the worker before it may seal the buffer
+            if self.sealed:  # sealed in between: take it back (deque.remove is atomic) and say so
+                try:
+                    self._side.remove(data)
+                except ValueError:
+                    return READY
+                return CLOSED
             return READY
         inside.add(ident)
         try:
             with self._lock:
                 if self.closed:
-                    self.dropped_closed += 1
                     return CLOSED
                 return self._accept(data)
         finally:
@@ -77,9 +86,19 @@ class Buffer:
         self.held += 1
         self.held_bytes += size
         self._queued_bytes += size
-        if len(self._queue) >= self._batch_events or self._queued_bytes >= self._body_room:
+        if len(self._queue) >= self.batch_events or self._queued_bytes >= self._body_room:
             return READY
         return ACCEPTED
+
+    def seal(self) -> bool:
+        """After close: True (and no message can enter again) when nothing is held or waiting.
+
+        Taken under the lock, so a put() that got in just before close() was seen is shipped, not stranded."""
+        with self._lock:
+            if self.held or self._side or not self.closed:
+                return False
+            self.sealed = True
+            return True
 
     def entered_here(self) -> bool:
         """True when this thread was interrupted inside put() or flush() (e.g. by a signal handler)."""
@@ -117,11 +136,7 @@ class Buffer:
         """The next request's messages and their bytes: a full batch, or any when forced, flushed or closed."""
         with self._lock:
             while self._side:  # left by re-entered puts: accounted now, like any other
-                data = self._side.popleft()
-                if self.closed:
-                    self.dropped_closed += 1
-                else:
-                    self._accept(data)
+                self._accept(self._side.popleft())  # FULL is counted there
             arrived, self._queue = self._queue, deque()
             self._queued_bytes = 0
             wanted = force or self.closed or self._flush_upto > self._batched
@@ -134,12 +149,12 @@ class Buffer:
 
     def _full_batch_pending(self) -> bool:
         count = len(self._pending)
-        return count >= self._batch_events or self._pending_bytes + count - 1 > self._body_room
+        return count >= self.batch_events or self._pending_bytes + count - 1 > self._body_room
 
     def _cut(self) -> tuple[list[bytes], int]:
         """The longest run from the head that fits one body: found with C-level sums, not a loop per message."""
         pending = self._pending
-        head = pending[: self._batch_events]
+        head = pending[: self.batch_events]
         # With n messages a body holds their bytes plus n - 1 commas: keep the n whose total fits the room.
         totals = list(map(add, accumulate(map(len, head)), count()))
         n = max(1, bisect_right(totals, self._body_room))  # one message always goes (each fits on its own)
@@ -166,7 +181,7 @@ class Buffer:
             queued = len(self._queue) + len(self._pending)
             if not queued:
                 return False
-            full = queued >= self._batch_events or self._queued_bytes + self._pending_bytes >= self._body_room
+            full = queued >= self.batch_events or self._queued_bytes + self._pending_bytes >= self._body_room
             return full or self.closed or self._flush_upto > self._batched
 
     def over_high_water(self) -> bool:

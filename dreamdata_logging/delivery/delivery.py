@@ -1,8 +1,10 @@
 """The delivery machinery behind one handler, for the process it runs in.
 
-A :class:`Delivery` owns the worker (buffer, dispatcher, thread), the counters and the reports of what
-goes wrong. In a new process it starts over from nothing (the parent's events are the parent's);
-after ``close()`` the next event renews it, keeping the counters.
+A :class:`Delivery` owns the worker (buffer, dispatcher, thread), the ledger and the reports of what
+goes wrong. In a new process it starts over from nothing (the parent's events are the parent's).
+After ``close()`` the next event renews the worker, keeping the ledger and the endpoint's outage state;
+a worker still finishing its last batches goes on to the end (sending through the one transport, one
+request at a time), so no event is sent by two workers or left behind.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import Buffer
+from dreamdata_logging.delivery.buffer import CLOSED, Buffer
 from dreamdata_logging.delivery.deadlines import Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
-from dreamdata_logging.delivery.outage import SpoolDrain
-from dreamdata_logging.delivery.problems import Counters, OnError, Problems
+from dreamdata_logging.delivery.ledger import Ledger
+from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
+from dreamdata_logging.delivery.problems import OnError, Problems
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError
 from dreamdata_logging.spool.spool import Spool, SpoolUnavailable
@@ -36,78 +41,132 @@ _IN_UWSGI_MASTER = DeliveryError(
 )
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The handler's batching and memory settings, and what it does with a problem."""
+@dataclass
+class Settings:
+    """The handler's batching, memory and shutdown settings, read where they are used (so a change applies)."""
 
     flush_at: int
     flush_interval: float
     max_queue_size: int
     max_queue_bytes: int
     shutdown_timeout: float
-    on_error: Optional[OnError]
-    scrub: Callable[[str], str]  # takes every secret out of a text
+
+
+#: Most times one event goes to a renewed worker because the one it found had just closed.
+MAX_REOPENS_PER_EVENT = 8
+#: Seconds between two looks at the spool while flush() waits for it to drain.
+SPOOL_FLUSH_POLL = 0.05
 
 
 class Delivery:
     """Queues message bytes and delivers them from a background thread; counts and reports every loss."""
 
-    def __init__(self, transport: Transport, spool: Optional[Spool], limits: Limits) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        spool: Optional[Spool],
+        settings: Settings,
+        *,
+        on_error: Optional[OnError],
+        scrub: Callable[[str], str],
+    ) -> None:
         self.transport = transport
         self.spool = spool
-        self.limits = limits
-        self._on_error = limits.on_error
-        self._scrub = limits.scrub
+        self.settings = settings
+        self._on_error = on_error
+        self._scrub = scrub
         self.renewed = False
-        self.worker = self._new_worker(Counters())
+        self._renew_lock = threading.RLock()  # re-entrant: a signal handler may log while its thread renews
+        self._start_process()
 
-    def _new_worker(self, counters: Counters) -> Worker:
-        self.counters = counters
+    def _start_process(self) -> None:
+        """What belongs to one process: the ledger, the reports, the outage state and a first worker."""
+        self.ledger = Ledger()
+        self.problems = Problems(self.ledger, self._on_error, self._scrub)
+        self.outage = OutageState()
         self.forking_master = lifecycle.in_uwsgi_master()
-        self.problems = Problems(counters, self._on_error, self._scrub)
+        self._retiring: list[Worker] = []  # closed workers still finishing their last batches
+        self.worker = self._new_worker()
+
+    @property
+    def on_error(self) -> Optional[OnError]:
+        return self._on_error
+
+    @on_error.setter
+    def on_error(self, value: Optional[OnError]) -> None:
+        self._on_error = value
+        self.problems.on_error = value
+
+    def apply(self, name: str, value: float) -> None:
+        """A changed setting: kept for workers to come, and applied to the current one now."""
+        setattr(self.settings, name, value)
+        worker = self.worker
+        if name == "flush_at":
+            worker.buffer.batch_events = int(value)
+        elif name == "flush_interval":
+            worker.flush_interval = float(value)
+        elif name == "max_queue_size":
+            worker.buffer.max_events = int(value)
+        elif name == "max_queue_bytes":
+            worker.buffer.max_bytes = int(value)
+        # shutdown_timeout is read when closing
+
+    def _new_worker(self) -> Worker:
+        settings = self.settings
         deadlines = Deadlines()
-        dispatcher = Dispatcher(self.transport, self.problems, deadlines, spool=self.spool)
-        limits = self.limits
+        dispatcher = Dispatcher(self.transport, self.problems, deadlines, spool=self.spool, outage=self.outage)
         drain = None
         if self.spool is not None:
-            drain = SpoolDrain(self.spool, dispatcher.outage, dispatcher.send_claim, limits.flush_at, BODY_ROOM)
+            drain = SpoolDrain(self.spool, self.outage, dispatcher.send_claim, settings.flush_at, BODY_ROOM)
             drain.set_request_timeout(self.transport.timeout)
         buffer = Buffer(
-            max_events=limits.max_queue_size,
-            max_bytes=limits.max_queue_bytes,
-            batch_events=limits.flush_at,
+            max_events=settings.max_queue_size,
+            max_bytes=settings.max_queue_bytes,
+            batch_events=settings.flush_at,
             body_room=BODY_ROOM,
         )
-        return Worker(buffer, dispatcher, deadlines, flush_interval=limits.flush_interval, drain=drain)
+        self.ledger.attach(buffer)
+        return Worker(buffer, dispatcher, deadlines, flush_interval=settings.flush_interval, drain=drain)
 
     # -- the process this runs in ---------------------------------------------------------------
 
-    def current(self) -> Worker:
-        """This process's worker: a new process (forked without hooks, e.g. by uWSGI) starts clean."""
+    def worker_for_this_process(self) -> Worker:
+        """This process's worker: in a new process (forked without hooks, e.g. by uWSGI) everything starts over."""
         if self.worker.pid != os.getpid():
             lifecycle.in_new_process()
         return self.worker
 
     def start_fresh_if_forked(self) -> None:
-        """In a new process: the parent's queue, thread, connections and counters are the parent's."""
+        """In a new process: the parent's queue, thread, connections and counts are the parent's."""
         if self.worker.pid == os.getpid():
             return
         self.transport.reset_after_fork()
         if self.spool is not None:
             self.spool.reset_after_fork()
-        self.worker = self._new_worker(Counters())
+        self._start_process()
         self.resume_spool()
 
-    def renew(self) -> Worker:
-        """A fresh worker after close(), keeping the totals (the old one may still be finishing)."""
-        old = self.worker.buffer
-        counters = self.counters
-        counters.retired_offered += old.accepted + old.dropped_full + old.dropped_closed
-        counters.retired_dropped_full += old.dropped_full
-        counters.retired_dropped_closed += old.dropped_closed
-        self.worker = self._new_worker(counters)
-        self.renewed = True
-        return self.worker
+    def renew(self, stale: Worker) -> Worker:
+        """A fresh worker in place of ``stale`` (closed), keeping the ledger; one, however many threads ask."""
+        with self._renew_lock:
+            if self.worker is stale and stale.closing:
+                self._retiring = [w for w in self._retiring if not w.finished] + [stale]
+                self.worker = self._new_worker()
+                self.renewed = True
+                self.resume_spool()
+            return self.worker
+
+    def put(self, data: bytes, worker: Worker) -> int:
+        """Queue one message; a worker that closed meanwhile hands it to the renewed one (not at exit)."""
+        for _ in range(MAX_REOPENS_PER_EVENT):
+            status = worker.put(data)
+            if status != CLOSED:
+                return status
+            if lifecycle.exiting():
+                break
+            worker = self.renew(worker)
+        self.ledger.add("dropped_closed")
+        return CLOSED
 
     def resume_spool(self) -> None:
         """Start the thread now when the spool holds events (from an earlier outage or process)."""
@@ -124,15 +183,57 @@ class Delivery:
         """An event logged in a uWSGI master (say, at import): it cannot be delivered from there."""
         self.problems.failed([data], _IN_UWSGI_MASTER)
 
+    def _workers(self) -> list[Worker]:
+        """This process's workers that may hold events: those still finishing, then the current one."""
+        if self.worker.pid != os.getpid():
+            return []
+        return [*(w for w in self._retiring if not w.finished), self.worker]
+
     # -- flush and close ------------------------------------------------------------------------
 
     def flush(self, timeout: Optional[float]) -> bool:
+        """True when every event emitted before the call was delivered (one kept in the spool was not)."""
+        workers = self._workers()
+        if not workers:
+            return True  # nothing of this process's: that worker is the parent's
+        if lifecycle.logging_lock_held():  # inside dictConfig: the worker may need logging's lock
+            return all(worker.buffer.empty for worker in workers) and not self._spool_rows()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delivered = True
+        for worker in workers:
+            if not worker.buffer.idle:
+                delivered = worker.flush(_remaining(deadline)) and delivered
+        if not delivered or self.spool is None:
+            return delivered
+        return self._drain_spool(deadline)
+
+    def _spool_rows(self) -> int:
+        if self.spool is None:
+            return 0
+        try:
+            return self.spool.pending()[0]
+        except SpoolUnavailable:
+            return 0
+
+    def _drain_spool(self, deadline: Optional[float]) -> bool:
+        """Wait for the spool to empty: True once it has; False when the endpoint still fails, or on time."""
+        if not self._spool_rows():
+            return True
         worker = self.worker
-        if worker.buffer.idle or worker.pid != os.getpid():
-            return True  # nothing held (or nothing of this process's: that worker is the parent's)
-        if lifecycle.logging_lock_held():
-            return worker.buffer.empty  # inside dictConfig: the worker may need logging's lock
-        return worker.flush(timeout)
+        if worker.closing or self.forking_master or worker.is_worker_thread():
+            return False  # nothing here drains it now
+        failures = self.outage.failures
+        self.outage.due = 0.0  # look now: a probe if in an outage, else a drain
+        worker.wake()
+        while True:
+            if not self._spool_rows():
+                return True
+            if self.outage.failures != failures or worker.closing:
+                return False  # the probe failed: the endpoint is still down
+            left = _remaining(deadline)
+            if left is not None and left <= 0:
+                return False
+            time.sleep(SPOOL_FLUSH_POLL if left is None else min(SPOOL_FLUSH_POLL, left))
 
     def close(self) -> None:
         """Deliver what is held within ``shutdown_timeout``; with logging's lock held, only begin."""
@@ -140,20 +241,22 @@ class Delivery:
         if worker.pid != os.getpid() or worker.closing:
             return
         wait = not lifecycle.logging_lock_held()
-        failed, spooled = self.counters.failed, self.counters.spool_written
-        worker.close(self.limits.shutdown_timeout, wait=wait)
+        ledger = self.ledger
+        failed, spooled = ledger.failed, ledger.spool_written
+        worker.close(self.settings.shutdown_timeout, wait=wait)
         if wait:
-            counters = self.counters
-            self._tell_undelivered(worker.buffer.held + counters.failed - failed, counters.spool_written - spooled)
+            for retiring in self._retiring:
+                retiring.join()
+            self._tell_undelivered(ledger.queued + ledger.failed - failed, ledger.spool_written - spooled)
 
     def begin_shutdown(self) -> None:
-        """Ask this process's worker to deliver and stop, taking no lock (safe in a signal handler)."""
-        if self.worker.pid == os.getpid():
-            self.worker.close(self.limits.shutdown_timeout, wait=False)
+        """Ask this process's workers to deliver and stop, taking no lock (safe in a signal handler)."""
+        for worker in self._workers():
+            worker.close(self.settings.shutdown_timeout, wait=False)
 
     def finish_shutdown(self) -> None:
-        if self.worker.pid == os.getpid():
-            self.worker.join()
+        for worker in self._workers():
+            worker.join()
 
     def _tell_undelivered(self, undelivered: int, spooled: int) -> None:
         endpoint = self.transport.endpoint
@@ -165,7 +268,7 @@ class Delivery:
         if undelivered:
             self._stderr(
                 f"dreamdata-logging: {undelivered} event(s) were not delivered to {endpoint} "
-                f"before close (shutdown_timeout={self.limits.shutdown_timeout:g}s)\n"
+                f"before close (shutdown_timeout={self.settings.shutdown_timeout:g}s)\n"
             )
 
     def _stderr(self, text: str) -> None:
@@ -178,37 +281,21 @@ class Delivery:
     def report(self, kind: str, text: str, level: int = logging.WARNING) -> None:
         self.problems.report(kind, text, level)
 
-    # -- counters -------------------------------------------------------------------------------
+    # -- counts ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters since this process started using the handler (a new process starts at zero)."""
-        self.current()
-        counters, buffer, transport = self.counters, self.worker.buffer, self.transport
-        return {
-            "emitted": counters.retired_offered + buffer.accepted + buffer.dropped_full + buffer.dropped_closed
-            + counters.unsent,
-            "skipped": counters.skipped,
-            "invalid": counters.invalid,
-            "dropped_queue_full": counters.retired_dropped_full + buffer.dropped_full,
-            "dropped_closed": counters.retired_dropped_closed + buffer.dropped_closed,
-            "delivered": counters.delivered,
-            "failed": counters.failed,
-            "retries": transport.retries,
-            "batches": counters.batches,
-            "requests": transport.requests_sent,
-            "bytes_sent": transport.bytes_sent,
-            "queued": buffer.held,
-            "spooled": self._spooled_now(),
-            "spool_written": counters.spool_written,
-            "spool_delivered": counters.spool_delivered,
-            "spool_dropped": counters.spool_dropped,
-        }
+        """Counts since this process started using the handler (a new process starts at zero)."""
+        self.worker_for_this_process()
+        transport = self.transport
+        counts = self.ledger.counts()
+        counts.update(
+            retries=transport.retries,
+            requests=transport.requests_sent,
+            bytes_sent=transport.bytes_sent,
+            spooled=self._spool_rows(),
+        )
+        return counts
 
-    def _spooled_now(self) -> int:
-        """Events in the spool file now, every process's included (0 without a spool)."""
-        if self.spool is None:
-            return 0
-        try:
-            return self.spool.pending()[0]
-        except SpoolUnavailable:
-            return 0
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -47,14 +47,15 @@ class Dispatcher:
         deadlines: Deadlines,
         *,
         spool: Optional[Spool] = None,
+        outage: Optional[OutageState] = None,
         own_threads: Optional[set[int]] = None,
     ) -> None:
         self._transport = transport
         self._problems = problems
-        self._counters = problems.counters
+        self._ledger = problems.ledger
         self._deadlines = deadlines
         self._spool = spool
-        self.outage = OutageState()
+        self.outage = outage if outage is not None else OutageState()  # the handler's: shared across reopens
         self.cancel = threading.Event()  # set by close() (and by a spill): ends a backoff wait now
         self.own_threads: set[int] = own_threads if own_threads is not None else set()
         self._sending = False
@@ -85,8 +86,8 @@ class Dispatcher:
             return self._not_delivered(items, error)
         except Exception as error:  # a bug or an unexpected library error must not kill the thread
             return self._not_delivered(items, self._unexpected(error))
-        self._counters.delivered += len(items)
-        self._counters.batches += 1
+        self._ledger.add("delivered", len(items))
+        self._ledger.add("batches")
         self.outage.recovered()
         return True
 
@@ -127,8 +128,8 @@ class Dispatcher:
             return self._claim_failed(claim, error, budget)
         except Exception as error:  # a bug or an unexpected library error must not kill the thread
             return self._claim_failed(claim, self._unexpected(error), budget)
-        self._counters.spool_delivered += len(claim)
-        self._counters.batches += 1
+        self._ledger.add("spool_delivered", len(claim))
+        self._ledger.add("batches")
         self.outage.recovered()
         return "delivered"
 

@@ -37,13 +37,15 @@ class OutageState:
     def __init__(self) -> None:
         self.active = False
         self.due = 0.0  # time.monotonic() of the next look at the spool
-        self._failures = 0
+        self._failures = 0  # in a row, for the backoff
+        self.failures = 0  # in all: a flush() waiting for the spool sees a probe fail by it
 
     def failed(self) -> None:
         """The endpoint failed: outage mode, and the next probe after a growing backoff."""
         self.active = True
         delay = min(SPOOL_RETRY_CAP, SPOOL_RETRY_BASE * 2 ** min(self._failures, 30))
         self._failures += 1
+        self.failures += 1
         self.due = time.monotonic() + random.uniform(delay / 2, delay)
 
     def recovered(self) -> None:

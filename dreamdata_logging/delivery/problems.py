@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging.delivery.ledger import Ledger
 from dreamdata_logging.errors import DeliveryError, InvalidEventError
 
 OnError = Callable[[BaseException, list[Any]], Any]
@@ -22,31 +22,6 @@ OnError = Callable[[BaseException, list[Any]], Any]
 MAX_INVALID_KINDS = 32
 # What makes two reasons of one kind differ: quoted values, numbers and byte counts.
 _DETAILS = re.compile(r"'[^']*'|\"[^\"]*\"|<[^>]*>|[0-9][0-9,._]*")
-
-
-class Counters:
-    """The handler's counters. Callers' threads add under a re-entrant lock (a signal handler may
-    interrupt an addition on its own thread); the worker's counters are its own plain ints."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self.skipped = 0
-        self.invalid = 0
-        self.unsent = 0  # valid events not queued: send=False, or captured by a test
-        self.delivered = 0
-        self.failed = 0
-        self.batches = 0
-        self.spool_written = 0
-        self.spool_delivered = 0
-        self.spool_dropped = 0
-        # Of buffers this handler no longer uses (it reopened after close): kept in its totals.
-        self.retired_offered = 0
-        self.retired_dropped_full = 0
-        self.retired_dropped_closed = 0
-
-    def add(self, name: str, count: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + count)
 
 
 def safe_text(error: BaseException) -> str:
@@ -60,8 +35,8 @@ def safe_text(error: BaseException) -> str:
 class Problems:
     """Counts, reports and hands to ``on_error`` every event that is refused or cannot be delivered."""
 
-    def __init__(self, counters: Counters, on_error: Optional[OnError], scrub: Callable[[str], str]) -> None:
-        self.counters = counters
+    def __init__(self, ledger: Ledger, on_error: Optional[OnError], scrub: Callable[[str], str]) -> None:
+        self.ledger = ledger
         self.on_error = on_error
         self._scrub = scrub
         self._reporter = RateLimitedReporter()
@@ -76,7 +51,7 @@ class Problems:
 
     def invalid(self, error: InvalidEventError, event: Any) -> None:
         """An event that cannot become a valid message: dropped on its own."""
-        self.counters.add("invalid")
+        self.ledger.add("invalid")
         self.report(self._invalid_kind(error.reason), f"invalid event: {error}")
         try:
             snapshot = [dict(event)] if isinstance(event, Mapping) else []
@@ -94,14 +69,14 @@ class Problems:
 
     def failed(self, items: list[bytes], error: DeliveryError) -> None:
         """Events given up on for good."""
-        self.counters.failed += len(items)
+        self.ledger.add("failed", len(items))
         self.report(
             f"delivery:{error.status}", f"{len(items)} event(s) could not be delivered: {error}", logging.ERROR
         )
         self.call_on_error(error, items)
 
     def spooled(self, count: int, error: DeliveryError, where: str) -> None:
-        self.counters.spool_written += count
+        self.ledger.add("spool_written", count)
         self.report(
             "spooled",
             f"{count} event(s) not delivered yet ({error}); kept in the spool {where} for later delivery",
@@ -109,7 +84,7 @@ class Problems:
         )
 
     def spool_dropped(self, items: list[bytes], error: DeliveryError) -> None:
-        self.counters.spool_dropped += len(items)
+        self.ledger.add("spool_dropped", len(items))
         self.report("spool_full", str(error), logging.ERROR)
         self.call_on_error(error, items)
 

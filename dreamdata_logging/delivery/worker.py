@@ -37,7 +37,7 @@ class Worker:
         self.buffer = buffer
         self.dispatcher = dispatcher
         self._deadlines = deadlines
-        self._flush_interval = flush_interval
+        self.flush_interval = flush_interval
         self._drain = drain
         self.pid = os.getpid()
         self._wake = threading.Event()
@@ -95,6 +95,17 @@ class Worker:
         elif not self.buffer.entered_here():
             self._ship_inline()
 
+    def wake(self) -> None:
+        """Have the thread look at the buffer and the spool now (starting it if needed)."""
+        if self._thread is None:
+            self.start()
+        self._wake.set()
+
+    @property
+    def finished(self) -> bool:
+        """Closed, and its last batches are done with: nothing can enter or leave any more."""
+        return self.closing and self.buffer.sealed and self.stopped
+
     @property
     def stopped(self) -> bool:
         """No thread runs for this worker (never started, or finished)."""
@@ -132,7 +143,7 @@ class Worker:
     def _run(self) -> None:
         self.dispatcher.own_threads.add(threading.get_ident())
         while True:
-            woken = self._wake.wait(self._flush_interval)
+            woken = self._wake.wait(self.flush_interval)
             self._wake.clear()
             if not self._ship(force=not woken):
                 return
@@ -147,8 +158,8 @@ class Worker:
         buffer = self.buffer
         while True:
             batch = buffer.next_batch(force or self.closing)
-            if batch is None:
-                return not (self.closing and buffer.held == 0)
+            if batch is None:  # closing and nothing left (sealed: nothing can enter now): stop
+                return not (self.closing and buffer.seal())
             items, size = batch
             delivered = self.dispatcher.deliver(items, size)
             buffer.finish(len(items), size, delivered)

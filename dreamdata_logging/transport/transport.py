@@ -129,7 +129,8 @@ def _read(deadline: Deadline) -> Optional[float]:
 class Transport:
     """Sends :class:`~dreamdata_logging.wire.rules.Batch` es over keep-alive connections through ``requests``.
 
-    Used from one thread at a time (the handler's worker). Counters are plain ints for that reason.
+    Sends one POST at a time (a closed worker still finishing and its successor share one transport);
+    the counters change under that same lock.
     ``endpoint`` is the display form of the URL (no userinfo, query or fragment); ``redactor`` scrubs the write
     key and the URL's secrets from any text.
     """
@@ -165,6 +166,8 @@ class Transport:
         self.requests_sent = 0
         self.retries = 0
         self.bytes_sent = 0
+        # One POST at a time: a worker still finishing after close() and the one that replaced it share this.
+        self._posting = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Transport {self.endpoint}>"
@@ -195,25 +198,29 @@ class Transport:
             if retries is None:
                 retries = _Retries(deadline, cancel)
             retries.wait(error, retry_after, self.max_retries)
-            self.retries += 1
+            with self._posting:
+                self.retries += 1
 
     def _attempt(self, payload: bytes, timeout: float) -> tuple[Optional[DeliveryError], Optional[float]]:
         """One POST within ``timeout`` seconds in all: (None, None) on success, else the error and any Retry-After."""
         exchange = self._exchange
-        try:
-            status = exchange.post(payload, timeout)
-        finally:
-            self.requests_sent += 1
-        if 200 <= status < 300:  # accepted, even if the rest of the answer was cut off at the deadline
-            self.bytes_sent += len(payload)
-            return None, None
+        with self._posting:  # the exchange's request and its answer are one POST's at a time
+            try:
+                status = exchange.post(payload, timeout)
+            finally:
+                self.requests_sent += 1
+            if 200 <= status < 300:  # accepted, even if the rest of the answer was cut off at the deadline
+                self.bytes_sent += len(payload)
+                return None, None
+            failure, answer, retry_after = exchange.failure, exchange.answer, exchange.retry_after
         if not status:
-            return delivery_error(f"network error: {exchange.failure}", self.redactor, retryable=True), None
-        return refusal(status, exchange.answer, self.endpoint, self.redactor), retry_after_seconds(exchange.retry_after)
+            return delivery_error(f"network error: {failure}", self.redactor, retryable=True), None
+        return refusal(status, answer, self.endpoint, self.redactor), retry_after_seconds(retry_after)
 
     def reset_after_fork(self) -> None:
         """Forget the parent's connections without closing them (closing would disturb the parent's)."""
         self._exchange.reset_after_fork()
+        self._posting = threading.Lock()  # the parent's may have been held at the fork
         self.requests_sent = self.retries = self.bytes_sent = 0
 
     def close(self) -> None:
