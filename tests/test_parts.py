@@ -18,8 +18,8 @@ import pytest
 from dreamdata_logging.delivery.buffer import ACCEPTED, CLOSED, FULL, READY, Buffer
 from dreamdata_logging.delivery.deadlines import Budget, Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
-from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
 from dreamdata_logging.delivery.ledger import Ledger
+from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
 from dreamdata_logging.delivery.problems import Problems
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError

@@ -128,7 +128,7 @@ for thread in threads:
     thread.start()
 children = []
 actions = []
-for step in range(steps):
+for _ in range(steps):
     action = rng.choice(["log", "close", "same", "other", "flush", "fault", "fault", "fork"])
     actions.append(action)
     if action == "log":

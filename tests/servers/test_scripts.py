@@ -47,18 +47,25 @@ def test_handle_sigterm_false_leaves_sigterm_alone(collector: Collector, tmp_pat
 # -- dictConfig twice ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["other", "same"])
+@pytest.mark.parametrize(
+    "mode,before,debug",
+    [("other", 50, False), ("same", 50, False), ("other", 1, True), ("same", 1, True)],
+)
 def test_second_dictconfig_with_an_event_queued_neither_hangs_nor_drops(
-    collector: Collector, tmp_path, mode: str
+    collector: Collector, tmp_path, mode: str, before: int, debug: bool
 ) -> None:
     env = {"DD_FLUSH_INTERVAL": "60"}
-    with Server([PY, "script_dictconfig.py", mode, "50"], collector, tmp_path, env=env) as app:
+    args = [PY, "script_dictconfig.py", mode, "50", str(before)] + (["debug"] if debug else [])
+    with Server(args, collector, tmp_path, env=env) as app:
         code, seconds = app.wait_exit(2 * SHUTDOWN_TIMEOUT + MARGIN)
         assert code == 0, app.output()
         assert "done" in app.output()
         ids = app.ids()
-        assert len(ids) == 100
+        assert len(ids) == 50 + before
         assert_all_arrived(collector, ids, app.output())
+        # Each arrived once: the closed handler's worker and the one that replaced it never share a request.
+        received = [m["messageId"] for m in collector.received()]
+        assert sorted(received) == sorted(ids), app.output()[-2000:]
         took = re.search(r"second dictConfig took ([0-9.]+)s", app.output())
         assert took is not None and float(took.group(1)) < SHUTDOWN_TIMEOUT + MARGIN
 
