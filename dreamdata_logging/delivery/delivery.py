@@ -199,13 +199,19 @@ class Delivery:
         if lifecycle.logging_lock_held():  # inside dictConfig: the worker may need logging's lock
             return all(worker.buffer.empty for worker in workers) and not self._spool_rows()
         deadline = None if timeout is None else time.monotonic() + timeout
+        lost = self._lost()
         delivered = True
         for worker in workers:
             if not worker.buffer.idle:
                 delivered = worker.flush(_remaining(deadline)) and delivered
-        if not delivered or self.spool is None:
+        if self.spool is None:
             return delivered
-        return self._drain_spool(deadline)
+        # Batches that went to the spool (an outage) are delivered once it drains, if none was lost meanwhile.
+        return self._drain_spool(deadline) and (delivered or self._lost() == lost)
+
+    def _lost(self) -> int:
+        ledger = self.ledger
+        return ledger.failed + ledger.dropped_queue_full + ledger.dropped_closed + ledger.spool_dropped
 
     def _spool_rows(self) -> int:
         if self.spool is None:
@@ -238,9 +244,14 @@ class Delivery:
     def close(self) -> None:
         """Deliver what is held within ``shutdown_timeout``; with logging's lock held, only begin."""
         worker = self.worker
-        if worker.pid != os.getpid() or worker.closing:
-            return
         wait = not lifecycle.logging_lock_held()
+        if worker.pid != os.getpid():
+            return
+        if worker.closing:  # closed before (inside dictConfig, say): wait for that close to end, now we may
+            if wait:
+                for closing in self._workers():
+                    closing.join()
+            return
         ledger = self.ledger
         failed, spooled = ledger.failed, ledger.spool_written
         worker.close(self.settings.shutdown_timeout, wait=wait)

@@ -157,7 +157,7 @@ collector.set_down(None)
 emit("main")  # reopens a handler that a close or a reconfiguration left closed but attached
 flushed = [handler.flush(60) for handler in log.handlers if isinstance(handler, DreamdataHandler)]
 for handler in handlers:
-    handler.close()
+    handler.close()  # a second close() waits for the first one's end (it may have begun inside dictConfig)
 arrived = [m["messageId"] for m in collector.received()]
 print(json.dumps({
     "seed": seed, "actions": actions, "logged": logged, "arrived": arrived, "flushed": flushed,
