@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Union
 
+from dreamdata_logging.tools._collector_guard import is_loopback
+
 from .._wire import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
 from ._collector_checks import Judged
 from ._collector_faults import Fault, FaultInjection
@@ -82,6 +84,11 @@ class Collector(FaultInjection):
     accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
     (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
     The live event debugger is at :attr:`page_url`.
+
+    Bound to loopback (the default), it answers only requests whose ``Host`` names it (``127.0.0.1``,
+    ``localhost``, ``[::1]``, with or without the port; else 421), so no web page can read its events by
+    rebinding a name to this address. Bound beyond loopback, any ``Host`` is answered, and the debugger asks
+    for ``write_key`` by HTTP Basic (401); without one it stays closed there (403). See ``_collector_guard``.
     """
 
     def __init__(
@@ -303,9 +310,15 @@ def run_collector(
     auth = "checking the write key" if write_key else "accepting any non-empty write key"
     rules = "this package's exact format (--strict)" if strict else "what Dreamdata's API accepts"
     target = f"; appending accepted messages to {out}" if out else ""
+    if is_loopback(host):
+        page = f"open {collector.page_url} in a browser"
+    elif write_key:
+        page = f"open port {collector.port} of this machine in a browser, user name: the write key, no password"
+    else:
+        page = "closed, as the collector is reachable beyond loopback without --write-key"
     print(
         f"dreamdata-logging collector listening on {collector.url} ({auth}; checking {rules}{target});"
-        f" Ctrl-C stops it\nlive event debugger: open {collector.page_url} in a browser"
+        f" Ctrl-C stops it\nlive event debugger: {page}"
         f" (it shows the last {FEED_ROWS:,} events; {keep:,} messages are kept in memory)",
         flush=True,
     )
