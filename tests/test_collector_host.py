@@ -10,7 +10,11 @@ import base64
 import http.client
 import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Optional
@@ -203,3 +207,29 @@ def test_beyond_loopback_without_a_write_key_the_debugger_stays_closed() -> None
             status, _, body = ask(c.port, "GET", path, f"127.0.0.1:{c.port}", {"Authorization": basic("any-key")})
             assert status == 403 and "--write-key" in json.loads(body)["error"]
         send_identify(c, "any-non-empty-key")  # the batch endpoint still takes any non-empty key
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_the_command_beyond_loopback_says_how_to_open_the_debugger(key: Optional[str]) -> None:
+    command = [sys.executable, "-m", "dreamdata_logging", "collector", "--host", "0.0.0.0", "--port", "0"]
+    process = subprocess.Popen(
+        command + (["--write-key", key] if key else []), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    watchdog = threading.Timer(30, process.kill)  # a hard bound, should the command hang
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        first, second = process.stdout.readline(), process.stdout.readline()
+        port = int(first.split("listening on http://0.0.0.0:")[1].split("/")[0])
+        status, _, body = ask(port, "GET", "/", "collector.internal", {"Authorization": basic(key or "any-key")})
+        if key is None:
+            assert "live event debugger: closed" in second and "--write-key" in second
+            assert status == 403
+        else:
+            assert f"open port {port} of this machine" in second and "user name: the write key" in second
+            assert status == 200 and b"EventSource" in body
+        assert KEY not in first + second
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+        watchdog.cancel()

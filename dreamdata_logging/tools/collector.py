@@ -310,16 +310,16 @@ def run_collector(
     auth = "checking the write key" if write_key else "accepting any non-empty write key"
     rules = "this package's exact format (--strict)" if strict else "what Dreamdata's API accepts"
     target = f"; appending accepted messages to {out}" if out else ""
+    shows = f" (it shows the last {FEED_ROWS:,} events; {keep:,} messages are kept in memory)"
     if is_loopback(host):
-        page = f"open {collector.page_url} in a browser"
+        page = f"open {collector.page_url} in a browser{shows}"
     elif write_key:
-        page = f"open port {collector.port} of this machine in a browser, user name: the write key, no password"
+        page = f"open port {collector.port} of this machine in a browser; user name: the write key, no password{shows}"
     else:
-        page = "closed, as the collector is reachable beyond loopback without --write-key"
+        page = "closed: bound beyond loopback, it shows events only to holders of the write key (--write-key KEY)"
     print(
         f"dreamdata-logging collector listening on {collector.url} ({auth}; checking {rules}{target});"
-        f" Ctrl-C stops it\nlive event debugger: {page}"
-        f" (it shows the last {FEED_ROWS:,} events; {keep:,} messages are kept in memory)",
+        f" Ctrl-C stops it\nlive event debugger: {page}",
         flush=True,
     )
     collector.serve_forever()
