@@ -161,6 +161,17 @@ def test_a_missing_or_doubled_host_is_refused(loopback: Collector) -> None:
     assert answer.startswith(b"HTTP/1.1 400") and b"more than one Host header" in answer
 
 
+def test_through_a_proxy_only_the_batch_endpoint_answers_another_host(loopback: Collector) -> None:
+    """An absolute-form target (as through an HTTP proxy) names the target host; browsers send it only to proxies."""
+    batch = json.dumps({"batch": [{"type": "identify", "userId": "1", "messageId": "m-1"}]}).encode()
+    headers = {"Authorization": basic(KEY), "Content-Type": "application/json"}
+    status, _, _ = ask(loopback.port, "POST", "http://dreamdata.invalid/v1/batch", "dreamdata.invalid", headers, batch)
+    assert status == 200 and loopback.accepted == 1
+    for path in ("http://evil.example/", "http://evil.example/events"):
+        status, _, body = ask(loopback.port, "GET", path, "evil.example")
+        assert status == 421 and b"does not name this collector" in body
+
+
 def test_a_rebound_page_cannot_read_the_feed_the_developer_can(loopback: Collector) -> None:
     send_identify(loopback, KEY)
     status, _, body = ask(loopback.port, "GET", "/events", f"evil.example:{loopback.port}")

@@ -89,7 +89,7 @@ class _Handler(BoundedRequestHandler):
         collector = self.server.collector
         path = urlsplit(self.path).path
         debugger = self.command == "GET" and path in (PAGE_PATH, EVENTS_PATH)
-        refusal = self.server.guard.refusal(self.headers, debugger)
+        refusal = self.server.guard.refusal(self.headers, debugger, proxied=self.path.lower().startswith(("http://", "https://")))
         if refusal is not None:  # a wrong Host (any path), or no write key for the debugger beyond loopback
             self._turn_away(refusal, debugger)
             return
