@@ -647,7 +647,7 @@ def _raw(c: Collector, head: str, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", c.port), timeout=timeout)
     auth = base64.b64encode(f"{KEY}:".encode()).decode()
     sock.sendall(
-        f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+        f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{c.port}\r\nAuthorization: Basic {auth}\r\n"
         f"Content-Type: application/json\r\n{head}\r\n".encode()
     )
     return sock
@@ -728,7 +728,7 @@ def test_a_slow_client_is_cut_off_after_the_request_deadline() -> None:
         assert answer.startswith(b"HTTP/1.1 408") and b"not complete within 0.5 s" in answer
         # Headers that never end are cut off too.
         sock = socket.create_connection(("127.0.0.1", c.port), timeout=10)
-        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.sendall(f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{c.port}\r\nX-Slow: ".encode())
         ended = time.monotonic()
         try:
             while sock.recv(65536):  # the connection ends: closed, perhaps after an answer

@@ -51,7 +51,8 @@ class EventStream:
     def __init__(self, c: Collector, last_id: Optional[int] = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", c.port), timeout=10)
         extra = f"Last-Event-ID: {last_id}\r\n" if last_id is not None else ""
-        self.sock.sendall(f"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n".encode())
+        head = f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{c.port}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        self.sock.sendall(head.encode())
         self.buffer = b""
         head = self._until(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
@@ -359,3 +360,18 @@ def test_the_page_in_chromium(browser: Any, collector: Collector) -> None:
     rows = _wait(lambda: len(_rows(browser)) == 5 and _rows(browser), "the held events")
     assert [r[5] for r in rows[:2]] == ["m-21", "m-20"]
     assert browser.find_element(By.ID, "held").text == ""
+
+
+def test_the_page_beyond_loopback_asks_for_the_write_key(browser: Any) -> None:
+    """Bound to 0.0.0.0 (as in a container), the page and its feed work only with the key as Basic user name."""
+    from selenium.webdriver.common.by import By
+
+    with Collector(host="0.0.0.0", write_key=KEY) as beyond:
+        browser.get(f"http://127.0.0.1:{beyond.port}/")  # no credentials: a 401, which the browser prompts on
+        assert not browser.find_elements(By.ID, "state")
+        browser.get(f"http://{KEY}:@127.0.0.1:{beyond.port}/")  # what a person types into the browser's prompt
+        _wait(lambda: browser.find_element(By.ID, "state").text == "live", "that it is live with the key")
+        assert post(beyond, {"batch": [message(30)]}).status_code == 200
+        rows = _wait(lambda: _rows(browser), "the event, through the feed that asked for the key")
+        assert [(r[1], r[5], r[6]) for r in rows] == [("track", "m-30", "accepted")]
+        assert KEY not in browser.page_source

@@ -1,4 +1,4 @@
-"""The documentation runs: every Python example in README.md and docs/*.md, against the local collector.
+"""The documentation runs: every Python example in README.md, CHANGELOG.md, SECURITY.md and docs/*.md.
 
 Each fenced ``python`` block is run in a fresh interpreter with ``DREAMDATA_WRITE_KEY`` and
 ``DREAMDATA_ENDPOINT`` pointing at a real collector on loopback, under a hard timeout; it must exit 0,
@@ -36,7 +36,7 @@ import yaml
 from dreamdata_logging.tools.collector import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "SECURITY.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_TIMEOUT = 60.0
 ARRIVAL_TIMEOUT = 15.0
 DIRECTIVES = ("not run", "setup", "then", "events", "run", "requires", "file", "part of")

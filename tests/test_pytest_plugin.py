@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -96,6 +97,23 @@ def test_plugin_can_be_disabled(pytester):
     result = pytester.runpytest_subprocess("-p", "no:dreamdata_logging", timeout=120)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'dreamdata_events' not found*"])
+
+
+def test_the_plugin_adds_the_fixture_and_nothing_else(pytester):
+    """Loaded in every pytest run of any project that installs the package: it adds no option, ini key or marker."""
+    on = pytester.runpytest_subprocess("--help", timeout=120)
+    off = pytester.runpytest_subprocess("-p", "no:dreamdata_logging", "--help", timeout=120)
+    assert on.ret == off.ret == 0
+    assert on.stdout.lines == off.stdout.lines
+    on = pytester.runpytest_subprocess("--markers", timeout=120)
+    off = pytester.runpytest_subprocess("-p", "no:dreamdata_logging", "--markers", timeout=120)
+    assert on.stdout.lines == off.stdout.lines
+    on = pytester.runpytest_subprocess("--fixtures", timeout=120)
+    off = pytester.runpytest_subprocess("-p", "no:dreamdata_logging", "--fixtures", timeout=120)
+    fixture = re.compile(r"^(\w+)(?: \[[^\]]*\])? -- ")
+    names_on = {m.group(1) for m in map(fixture.match, on.stdout.lines) if m}
+    names_off = {m.group(1) for m in map(fixture.match, off.stdout.lines) if m}
+    assert "tmp_path" in names_off and names_on - names_off == {"dreamdata_events"} and names_off <= names_on
 
 
 def test_capture_without_pytest_fixture(collector, make_handler):

@@ -36,6 +36,7 @@ from dreamdata_logging.tools.collector.faults import Fault, FaultInjection
 from dreamdata_logging.tools.collector.feed import FEED_ROWS, Feed
 from dreamdata_logging.tools.collector.feed import MAX_PAGES as _MAX_PAGES
 from dreamdata_logging.tools.collector.feed import SSE_PING as _SSE_PING
+from dreamdata_logging.tools.collector.guard import is_loopback
 from dreamdata_logging.tools.collector.records import RequestRecord, print_request
 from dreamdata_logging.tools.collector.server import BATCH_PATH, PAGE_PATH, CollectorServer
 from dreamdata_logging.tools.collector.server import EVENTS_PATH as EVENTS_PATH
@@ -82,6 +83,11 @@ class Collector(FaultInjection):
     accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
     (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
     The live event debugger is at :attr:`page_url`.
+
+    Bound to loopback (the default), it answers only requests whose ``Host`` names it (``127.0.0.1``,
+    ``localhost``, ``[::1]``, with or without the port; else 421), so no web page can read its events by
+    rebinding a name to this address. Bound beyond loopback, any ``Host`` is answered, and the debugger asks
+    for ``write_key`` by HTTP Basic (401); without one it stays closed there (403). See ``_collector_guard``.
     """
 
     def __init__(
@@ -303,10 +309,16 @@ def run_collector(
     auth = "checking the write key" if write_key else "accepting any non-empty write key"
     rules = "this package's exact format (--strict)" if strict else "what Dreamdata's API accepts"
     target = f"; appending accepted messages to {out}" if out else ""
+    shows = f" (it shows the last {FEED_ROWS:,} events; {keep:,} messages are kept in memory)"
+    if is_loopback(host):
+        page = f"open {collector.page_url} in a browser{shows}"
+    elif write_key:
+        page = f"open port {collector.port} of this machine in a browser; user name: the write key, no password{shows}"
+    else:
+        page = "closed: bound beyond loopback, it shows events only to holders of the write key (--write-key KEY)"
     print(
         f"dreamdata-logging collector listening on {collector.url} ({auth}; checking {rules}{target});"
-        f" Ctrl-C stops it\nlive event debugger: open {collector.page_url} in a browser"
-        f" (it shows the last {FEED_ROWS:,} events; {keep:,} messages are kept in memory)",
+        f" Ctrl-C stops it\nlive event debugger: {page}",
         flush=True,
     )
     collector.serve_forever()

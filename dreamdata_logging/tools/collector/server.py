@@ -31,6 +31,7 @@ from dreamdata_logging.tools.collector.checks import (
 from dreamdata_logging.tools.collector.faults import Fault
 from dreamdata_logging.tools.collector.feed import PAGE, PAGE_HEADERS, stream_events
 from dreamdata_logging.tools.collector.framing import DRAIN_LIMIT, HEADER_LIMIT, BoundedRequestHandler, Connection
+from dreamdata_logging.tools.collector.guard import HostGuard
 from dreamdata_logging.tools.collector.records import RequestRecord
 from dreamdata_logging.wire.rules import MAX_BODY_BYTES
 from dreamdata_logging.wire.rules import _show as show
@@ -86,7 +87,12 @@ class _Handler(BoundedRequestHandler):
     def _serve(self) -> None:
         collector = self.server.collector
         path = urlsplit(self.path).path
-        if self.command == "GET" and path in (PAGE_PATH, EVENTS_PATH):
+        debugger = self.command == "GET" and path in (PAGE_PATH, EVENTS_PATH)
+        refusal = self.server.guard.refusal(self.headers, debugger, proxied=self.path.lower().startswith(("http://", "https://")))
+        if refusal is not None:  # a wrong Host (any path), or no write key for the debugger beyond loopback
+            self._turn_away(refusal, debugger)
+            return
+        if debugger:
             # The debugger: never consumes a scripted fault, never appears among requests().
             self._drain_small_body()
             if path == PAGE_PATH:
@@ -111,6 +117,20 @@ class _Handler(BoundedRequestHandler):
         record.status = 200
         collector._record(record, messages, lines)  # before answering: a client that got 200 can look
         self._reply(200, _OK_BODY)
+
+    def _turn_away(self, reject: Reject, debugger: bool) -> None:
+        """Refuse a request before serving its path: no fault is consumed; the debugger's are not recorded."""
+        if debugger:
+            self._drain_small_body()
+            self._reply(reject.status, json.dumps({"error": reject.reason}).encode(), reject.headers)
+            return
+        headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
+        record = RequestRecord(self.command, self.path, headers)
+        try:
+            _, record.body_size = self._receive(max_keep=0)  # read and discard, to keep the connection in step
+        except Reject as unreadable:
+            reject = unreadable
+        self._refuse(record, reject)
 
     def _refuse(self, record: RequestRecord, reject: Reject, judged: Optional[List[Judged]] = None) -> None:
         record.status, record.error = reject.status, reject.reason
@@ -215,6 +235,7 @@ class CollectorServer(ThreadingHTTPServer):
         # Skip HTTPServer.server_bind: its socket.getfqdn() is a reverse DNS lookup that can take seconds.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+        self.guard = HostGuard(self.server_name, self.server_port, self.collector._write_key)
 
     def get_request(self) -> Tuple[socket.socket, Any]:
         sock, address = super().get_request()
