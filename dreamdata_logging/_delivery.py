@@ -189,6 +189,8 @@ class Delivery:
             + counters.unsent,
             "skipped": counters.skipped,
             "invalid": counters.invalid,
+            "filtered": counters.filtered,
+            "plan_violations": counters.plan_violations,
             "dropped_queue_full": counters.retired_dropped_full + buffer.dropped_full,
             "dropped_closed": counters.retired_dropped_closed + buffer.dropped_closed,
             "delivered": counters.delivered,

@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from dreamdata_logging._plan import TrackingPlan
+from dreamdata_logging._shaping import BeforeSend, make_shaper
+
 from . import _lifecycle as lifecycle
 from . import _message as wire
 from . import _options as options
@@ -62,6 +65,9 @@ class DreamdataHandler(logging.Handler):
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         handle_sigterm: bool = True,
         level: Union[int, str] = logging.NOTSET,
+        before_send: Optional[BeforeSend] = None,
+        tracking_plan: Union[None, str, os.PathLike[str], TrackingPlan] = None,
+        plan_policy: str = "report",
     ) -> None:
         super().__init__(level)
         key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
@@ -98,6 +104,8 @@ class DreamdataHandler(logging.Handler):
             self._transport.redactor.scrub,
         )
         self._delivery = Delivery(self._transport, self._spool, limits)
+        self.before_send = options.as_callable("before_send", before_send)
+        self._shaper = make_shaper(self._delivery, self.before_send, tracking_plan, plan_policy)
         self._started()
 
     def _started(self) -> None:
@@ -160,8 +168,15 @@ class DreamdataHandler(logging.Handler):
         if event is None or record.name.startswith("dreamdata_logging") or worker.is_worker_thread():
             delivery.counters.add("skipped")
             return
+        extra_fields = extra if self.include_extra else None
         try:
-            data = wire.build_message(event, record, _current_bindings(), extra if self.include_extra else None, name)
+            if self._shaper is None:
+                data = wire.build_message(event, record, _current_bindings(), extra_fields, name)
+            else:  # before_send or a tracking plan; None: the event was filtered (and counted)
+                shaped = self._shaper.build(event, record, _current_bindings(), extra_fields, name)
+                if shaped is None:
+                    return
+                data = shaped
         except InvalidEventError as error:
             self._invalid(error, event)
             return

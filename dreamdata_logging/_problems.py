@@ -33,6 +33,8 @@ class Counters:
         self.skipped = 0
         self.invalid = 0
         self.unsent = 0  # valid events not queued: send=False, or captured by a test
+        self.filtered = 0  # dropped on purpose: before_send returned None, or the plan's "drop" policy
+        self.plan_violations = 0  # events that break the tracking plan (sent or not), each once
         self.delivered = 0
         self.failed = 0
         self.batches = 0
