@@ -74,7 +74,7 @@ def test_report_sends_every_event_and_counts_each_breaking_event_once(
     reports = [r.getMessage() for r in caplog.records if "tracking plan" in r.getMessage()]
     assert reports == [
         "dreamdata-logging: event does not follow the tracking plan (sent anyway): "
-        'track "Signed Up": properties.plan must be one of [\'free\', \'pro\']',
+        "track \"Signed Up\": properties.plan must be one of ['free', 'pro']",
         "dreamdata-logging: event does not follow the tracking plan (sent anyway): "
         'track "Signd Up": event is not in the tracking plan',
         "dreamdata-logging: event does not follow the tracking plan (sent anyway): "
