@@ -142,6 +142,13 @@ def _add_collector_command(commands: Any) -> None:
         "timestamps like 2012-12-02T00:30:08.276Z); by default any RFC 3339 timestamp, no envelope messageId "
         "and a batch-level context are accepted, as the API does",
     )
+    collector.add_argument(
+        "--plan",
+        metavar="PLAN",
+        default=None,
+        help="a tracking plan (YAML or JSON): messages that break it are accepted, flagged on the debugger page "
+        "and printed",
+    )
     keep = f"messages kept in memory, the newest (default {CLI_KEEP:,}); older ones are only in --out"
     _number(collector, "--keep", _count, CLI_KEEP, keep)
 
@@ -186,7 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "demo":
         return demo()
     if args.command == "collector":
-        return run_collector(args.host, args.port, args.write_key, args.out, strict=args.strict, keep=args.keep)
+        return run_collector(
+            args.host, args.port, args.write_key, args.out, strict=args.strict, keep=args.keep, plan=args.plan
+        )
     if args.command == "send":
         return send_file(
             args.file,

@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Union
 
+from dreamdata_logging._plan import TrackingPlan, load_plan
+
 from .._wire import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
 from ._collector_checks import Judged
 from ._collector_faults import Fault, FaultInjection
@@ -81,7 +83,9 @@ class Collector(FaultInjection):
     :meth:`wait_for` and :attr:`accepted` count every accepted message, kept or not. ``out`` gets every
     accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
     (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
-    The live event debugger is at :attr:`page_url`.
+    The live event debugger is at :attr:`page_url`. ``plan`` (a tracking plan file or a ``TrackingPlan``,
+    the ``plan`` extra) checks each accepted message: one that breaks the plan is still accepted, and
+    flagged on the debugger page, counted in :attr:`plan_violations`, and printed when ``verbose``.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Collector(FaultInjection):
         keep: Optional[int] = DEFAULT_KEEP,
         request_timeout: float = 10.0,
         idle_timeout: float = 30.0,
+        plan: Union[str, os.PathLike[str], TrackingPlan, None] = None,
     ) -> None:
         if keep is not None and keep < 0:
             raise ValueError(f"keep must be None or 0 or more, not {keep}")
@@ -109,6 +114,8 @@ class Collector(FaultInjection):
         self._strict = strict
         self._request_timeout = float(request_timeout)
         self._idle_timeout = float(idle_timeout)
+        self._plan = load_plan(plan) if plan is not None else None
+        self._plan_violations = 0
         super().__init__()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -239,6 +246,12 @@ class Collector(FaultInjection):
         with self._lock:
             return self._request_count
 
+    @property
+    def plan_violations(self) -> int:
+        """How many accepted messages broke the tracking plan (``plan=``) since the start or :meth:`reset`."""
+        with self._lock:
+            return self._plan_violations
+
     def wait_for(self, count: int, timeout: float) -> bool:
         """Block until at least ``count`` messages were accepted; False if ``timeout`` passed first."""
         with self._arrived:
@@ -249,7 +262,7 @@ class Collector(FaultInjection):
         with self._lock:
             self._messages.clear()
             self._requests.clear()
-            self._accepted = self._request_count = 0
+            self._accepted = self._request_count = self._plan_violations = 0
         self._feed.clear()
 
     # -- used by the request handler --
@@ -274,9 +287,23 @@ class Collector(FaultInjection):
                 self._arrived.notify_all()
         if messages and lines is not None and judged is None:
             judged = [(message, line, None) for message, line in zip(messages, lines)]
-        self._feed.publish(record, judged)
+        flags = self._check_plan(messages) if messages and self._plan is not None else None
+        self._feed.publish(record, judged, flags)
         if self._verbose:
             print_request(record)
+            for index, flag in enumerate(flags or ()):
+                if flag is not None:
+                    print(f"  batch[{index}] breaks the tracking plan: {flag}", flush=True)
+
+    def _check_plan(self, messages: List[Message]) -> List[Optional[str]]:
+        """How each accepted message breaks the tracking plan (None: it follows it)."""
+        assert self._plan is not None
+        flags = [None if v is None else v.with_value() for v in map(self._plan.check, messages)]
+        broken = sum(flag is not None for flag in flags)
+        if broken:
+            with self._lock:
+                self._plan_violations += broken
+        return flags
 
     def _amend(self, record: RequestRecord, status: int, error: str) -> None:
         with self._lock:
@@ -293,16 +320,23 @@ def run_collector(
     *,
     strict: bool = False,
     keep: int = CLI_KEEP,
+    plan: Optional[str] = None,
 ) -> int:
     """``dreamdata-logging collector``: serve in the foreground, a line per request, until Ctrl-C."""
     try:
-        collector = Collector(host, port, write_key=write_key, out=out, verbose=True, strict=strict, keep=keep)
+        collector = Collector(
+            host, port, write_key=write_key, out=out, verbose=True, strict=strict, keep=keep, plan=plan
+        )
     except OSError as exc:
         print(f"dreamdata-logging collector: cannot start on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # the tracking plan cannot be used
+        print(f"dreamdata-logging collector: {exc}", file=sys.stderr)
+        return 2
     auth = "checking the write key" if write_key else "accepting any non-empty write key"
     rules = "this package's exact format (--strict)" if strict else "what Dreamdata's API accepts"
     target = f"; appending accepted messages to {out}" if out else ""
+    target += f"; flagging messages that break the tracking plan {plan}" if plan else ""
     print(
         f"dreamdata-logging collector listening on {collector.url} ({auth}; checking {rules}{target});"
         f" Ctrl-C stops it\nlive event debugger: open {collector.page_url} in a browser"
