@@ -128,7 +128,7 @@ def test_the_command_prints_each_violation(plan_file: str) -> None:
         lines = _read_until(process.stdout, "batch[1]")
         assert "batch[0]" in lines[-2]
         assert lines[-1].strip() == (
-            "batch[1] breaks the tracking plan: track \"Signed Up\": properties.plan must be one of "
+            'batch[1] breaks the tracking plan: track "Signed Up": properties.plan must be one of '
             "['free', 'pro'] (value: \"x\")"
         )
     finally:
