@@ -72,7 +72,8 @@ def test_the_default_collector_sums_every_handler_of_the_process(collector: Coll
     """In a fresh interpreter: two handlers, one with a spool holding events while the endpoint is down."""
     code = textwrap.dedent(
         f"""
-                from prometheus_client import REGISTRY, generate_latest
+        import logging
+        from prometheus_client import REGISTRY, generate_latest
         from dreamdata_logging import DreamdataHandler, track
         from dreamdata_logging.metrics import PrometheusCollector, totals
 
