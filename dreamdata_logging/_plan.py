@@ -116,7 +116,9 @@ class TrackingPlan:
         if not isinstance(schema, (Mapping, bool)):
             raise PlanError(f"{self.source}: {where} {field} must be a JSON Schema (a mapping)")
         try:
-            return self._lib.compile(schema)  # type: ignore[no-any-return]
+            # No "default" filling (it would change the caller's data) and no fetching of a remote $ref.
+            compiled = self._lib.compile(schema, handlers=_NO_REMOTE, use_default=False)
+            return compiled  # type: ignore[no-any-return]
         except Exception as exc:  # JsonSchemaDefinitionException, or a schema it cannot turn into code
             raise PlanError(f"{self.source}: {where} {field} is not a usable JSON Schema: {exc}") from None
 
@@ -155,6 +157,13 @@ class TrackingPlan:
         if message.get(field) is None:
             return self.check(message, kind)
         return self.check({**message, field: to_json(message[field])}, kind)
+
+
+def _no_remote(uri: str) -> Any:
+    raise PlanError(f"schemas must be self-contained: a remote $ref ({uri}) is never fetched")
+
+
+_NO_REMOTE = {"http": _no_remote, "https": _no_remote, "ftp": _no_remote, "file": _no_remote}
 
 
 def _violation(exc: Any, kind: str, event: str, field: str) -> Violation:

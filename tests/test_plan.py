@@ -199,3 +199,17 @@ def test_the_plan_module_names_field_reason_and_value() -> None:
     assert load_plan(plan) is plan
     with pytest.raises(PlanError):
         TrackingPlan(["not", "a", "plan"])
+
+
+def test_checking_never_changes_the_event_and_never_fetches_a_schema(make_handler, make_logger, tmp_path) -> None:
+    path = tmp_path / "plan.json"
+    schema = {"properties": {"plan": {"type": "string", "default": "free"}}}
+    path.write_text(json.dumps({"track": {"Signed Up": {"properties": schema}}}))
+    handler = make_handler(tracking_plan=str(path), send=False)
+    properties: dict[str, Any] = {"seats": 2}
+    make_logger(handler).info("Signed Up", extra=track(user_id="1", properties=properties))
+    assert properties == {"seats": 2} and handler.stats()["plan_violations"] == 0  # no "default" filled in
+    remote = tmp_path / "remote.json"
+    remote.write_text(json.dumps({"track": {"A": {"properties": {"$ref": "https://schemas.invalid/a.json"}}}}))
+    with pytest.raises(ValueError, match=r"a remote \$ref \(https://schemas.invalid/a.json\) is never fetched"):
+        DreamdataHandler(WRITE_KEY, tracking_plan=str(remote))
