@@ -23,10 +23,12 @@ from dreamdata_logging import _lifecycle as lifecycle
 if TYPE_CHECKING:
     from dreamdata_logging._handler import DreamdataHandler
 
-__all__ = ["OUTCOMES", "PrometheusCollector", "totals"]
+__all__ = ["KEYS", "OUTCOMES", "PrometheusCollector", "totals"]
 
 #: The ``outcome`` label of ``dreamdata_logging_events_total``: each is a key of ``stats()``.
 OUTCOMES = ("delivered", "failed", "invalid", "filtered", "skipped", "dropped_queue_full", "dropped_closed")
+#: Keys :func:`totals` always has (0 without handlers), besides any other key of ``stats()``.
+KEYS = ("emitted", *OUTCOMES, "plan_violations", "retries", "batches", "requests", "bytes_sent", "queued", "spooled")
 
 
 def totals(handlers: Optional[Iterable[DreamdataHandler]] = None) -> dict[str, int]:
@@ -34,7 +36,7 @@ def totals(handlers: Optional[Iterable[DreamdataHandler]] = None) -> dict[str, i
 
     ``spooled`` (events in a spool file now) is counted once per spool file, however many handlers share it.
     """
-    summed: dict[str, int] = {}
+    summed = dict.fromkeys(KEYS, 0)
     spools: dict[str, int] = {}
     for handler in lifecycle.handlers() if handlers is None else handlers:
         stats = handler.stats()

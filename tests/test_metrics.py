@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dreamdata_logging import track
-from dreamdata_logging.metrics import OUTCOMES, PrometheusCollector, totals
+from dreamdata_logging.metrics import KEYS, OUTCOMES, PrometheusCollector, totals
 from dreamdata_logging.tools.collector import Collector, Fault
 
 from .conftest import WRITE_KEY
@@ -108,7 +108,7 @@ def test_the_default_collector_sums_every_handler_of_the_process(collector: Coll
 
 
 def test_totals_of_no_handlers_are_zero() -> None:
-    assert totals([]) == {"spooled": 0}
+    assert totals([]) == dict.fromkeys(KEYS, 0)
     registry = CollectorRegistry()
     registry.register(PrometheusCollector(handlers=[]))
     assert scrape(registry)[("dreamdata_logging_events_total", (("outcome", "delivered"),))] == 0
