@@ -94,7 +94,13 @@ class DreamdataHandler(logging.Handler):
         spool_path = options.as_path("spool", spool)
         self.spool_max_bytes = options.as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
         self._spool = Spool(spool_path, self.spool_max_bytes) if spool_path else None
-        limits = Limits(
+        self._delivery = Delivery(self._transport, self._spool, self._limits())
+        self.before_send = options.as_callable("before_send", before_send)
+        self._shaper = make_shaper(self._delivery, self.before_send, tracking_plan, plan_policy)
+        self._started()
+
+    def _limits(self) -> Limits:
+        return Limits(
             self.flush_at,
             self.flush_interval,
             self.max_queue_size,
@@ -103,10 +109,6 @@ class DreamdataHandler(logging.Handler):
             self.on_error,
             self._transport.redactor.scrub,
         )
-        self._delivery = Delivery(self._transport, self._spool, limits)
-        self.before_send = options.as_callable("before_send", before_send)
-        self._shaper = make_shaper(self._delivery, self.before_send, tracking_plan, plan_policy)
-        self._started()
 
     def _started(self) -> None:
         """Process-wide wiring: the registry, a warning where threads cannot run, SIGTERM, the spool."""

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Union
 
-from dreamdata_logging._plan import TrackingPlan, load_plan
+from dreamdata_logging.tools._collector_plan import PlanCheck, PlanSource
 
 from .._wire import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
 from ._collector_checks import Judged
@@ -69,7 +69,7 @@ _JOIN_TIMEOUT = 2.0
 Message = Dict[str, Any]
 
 
-class Collector(FaultInjection):
+class Collector(FaultInjection, PlanCheck):
     """A local ``POST /v1/batch`` that checks like the real one, records, and injects faults.
 
     The socket is bound on construction (``port=0`` picks a free port, see :attr:`url`); serve with
@@ -83,9 +83,7 @@ class Collector(FaultInjection):
     :meth:`wait_for` and :attr:`accepted` count every accepted message, kept or not. ``out`` gets every
     accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
     (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
-    The live event debugger is at :attr:`page_url`. ``plan`` (a tracking plan file or a ``TrackingPlan``,
-    the ``plan`` extra) checks each accepted message: one that breaks the plan is still accepted, and
-    flagged on the debugger page, counted in :attr:`plan_violations`, and printed when ``verbose``.
+    The live event debugger is at :attr:`page_url`; with ``plan``, what breaks that tracking plan is flagged.
     """
 
     def __init__(
@@ -100,7 +98,7 @@ class Collector(FaultInjection):
         keep: Optional[int] = DEFAULT_KEEP,
         request_timeout: float = 10.0,
         idle_timeout: float = 30.0,
-        plan: Union[str, os.PathLike[str], TrackingPlan, None] = None,
+        plan: PlanSource = None,
     ) -> None:
         if keep is not None and keep < 0:
             raise ValueError(f"keep must be None or 0 or more, not {keep}")
@@ -114,8 +112,7 @@ class Collector(FaultInjection):
         self._strict = strict
         self._request_timeout = float(request_timeout)
         self._idle_timeout = float(idle_timeout)
-        self._plan = load_plan(plan) if plan is not None else None
-        self._plan_violations = 0
+        self._init_plan(plan)
         super().__init__()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -246,12 +243,6 @@ class Collector(FaultInjection):
         with self._lock:
             return self._request_count
 
-    @property
-    def plan_violations(self) -> int:
-        """How many accepted messages broke the tracking plan (``plan=``) since the start or :meth:`reset`."""
-        with self._lock:
-            return self._plan_violations
-
     def wait_for(self, count: int, timeout: float) -> bool:
         """Block until at least ``count`` messages were accepted; False if ``timeout`` passed first."""
         with self._arrived:
@@ -287,23 +278,10 @@ class Collector(FaultInjection):
                 self._arrived.notify_all()
         if messages and lines is not None and judged is None:
             judged = [(message, line, None) for message, line in zip(messages, lines)]
-        flags = self._check_plan(messages) if messages and self._plan is not None else None
+        flags = self._check_plan(messages)
         self._feed.publish(record, judged, flags)
         if self._verbose:
-            print_request(record)
-            for index, flag in enumerate(flags or ()):
-                if flag is not None:
-                    print(f"  batch[{index}] breaks the tracking plan: {flag}", flush=True)
-
-    def _check_plan(self, messages: List[Message]) -> List[Optional[str]]:
-        """How each accepted message breaks the tracking plan (None: it follows it)."""
-        assert self._plan is not None
-        flags = [None if v is None else v.with_value() for v in map(self._plan.check, messages)]
-        broken = sum(flag is not None for flag in flags)
-        if broken:
-            with self._lock:
-                self._plan_violations += broken
-        return flags
+            print_request(record, flags)
 
     def _amend(self, record: RequestRecord, status: int, error: str) -> None:
         with self._lock:
