@@ -138,6 +138,13 @@ class CapturedEvents:
                 + "; ".join(violation.with_value() for violation in self.plan_violations)
             )
 
+    def check_plan(self, plan: Any) -> list[Violation]:
+        """How the captured messages break the tracking plan ``plan`` (a file path), whatever the handlers' plans."""
+        from dreamdata_logging._plan import load_plan
+
+        checked = load_plan(plan)
+        return [v for v in map(checked.check, self.messages) if v is not None]
+
     def clear(self) -> None:
         """Forget what was captured so far."""
         self.messages.clear()

@@ -148,6 +148,19 @@ def test_the_fixture_exposes_violations(dreamdata_events: CapturedEvents, plan_f
         handler.close()
 
 
+def test_the_fixture_checks_what_it_captured_against_a_plan_file(dreamdata_events, plan_file, make_logger) -> None:
+    handler = DreamdataHandler(WRITE_KEY)  # no plan on the handler
+    try:
+        log = make_logger(handler)
+        log.info("Signed Up", extra=track(user_id="1", properties={"plan": "pro"}))
+        log.info("identify", extra=identify(user_id="1", traits={"email": None}))
+        [violation] = dreamdata_events.check_plan(plan_file)
+        assert (violation.type, violation.field, violation.reason) == ("identify", "traits.email", "must be string")
+        assert dreamdata_events.plan_violations == []
+    finally:
+        handler.close()
+
+
 @pytest.mark.parametrize(
     "text, name, error",
     [
