@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 
 from dreamdata_logging import _options as options
 from dreamdata_logging import testing as _testing
+from dreamdata_logging._shaping import BeforeSend, make_shaper
 from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.delivery.buffer import CLOSED, FULL
 from dreamdata_logging.delivery.delivery import Delivery, Settings
@@ -21,6 +22,7 @@ from dreamdata_logging.events.bind import current as _current_bindings
 from dreamdata_logging.spool.spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
 from dreamdata_logging.spool.spool import Spool
 from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, Transport
+from dreamdata_logging.wire.plan import TrackingPlan
 from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES
 
 DEFAULT_FLUSH_AT = 2000
@@ -88,6 +90,9 @@ class DreamdataHandler(logging.Handler):
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         handle_sigterm: bool = True,
         level: Union[int, str] = logging.NOTSET,
+        before_send: Optional[BeforeSend] = None,
+        tracking_plan: Union[None, str, os.PathLike[str], TrackingPlan] = None,
+        plan_policy: str = "report",
     ) -> None:
         super().__init__(level)
         key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
@@ -122,6 +127,8 @@ class DreamdataHandler(logging.Handler):
             on_error=options.as_callable("on_error", on_error),
             scrub=self._transport.redactor.scrub,
         )
+        self.before_send = options.as_callable("before_send", before_send)
+        self._shaper = make_shaper(self._delivery, self.before_send, tracking_plan, plan_policy)
         self._started()
 
     def _started(self) -> None:
@@ -228,8 +235,15 @@ class DreamdataHandler(logging.Handler):
         if event is None or record.name.startswith("dreamdata_logging") or worker.is_worker_thread():
             delivery.ledger.add("skipped")
             return
+        extra_fields = extra if self.include_extra else None
         try:
-            data = wire.build_message(event, record, _current_bindings(), extra if self.include_extra else None, name)
+            if self._shaper is None:
+                data = wire.build_message(event, record, _current_bindings(), extra_fields, name)
+            else:  # before_send or a tracking plan; None: the event was filtered (and counted)
+                shaped = self._shaper.build(event, record, _current_bindings(), extra_fields, name)
+                if shaped is None:
+                    return
+                data = shaped
         except InvalidEventError as error:
             self._invalid(error, event)
             return

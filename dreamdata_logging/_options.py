@@ -9,8 +9,6 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from dreamdata_logging.delivery.problems import OnError
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", "", "none"}
 
@@ -66,7 +64,7 @@ def as_proxies(value: Any) -> Optional[dict[str, str]]:
     raise ValueError(f"proxies must be a mapping like {{'https': 'http://proxy:3128'}}, got {type(value).__name__}")
 
 
-def as_callable(name: str, value: Any) -> Optional[OnError]:
+def as_callable(name: str, value: Any) -> Optional[Callable[..., Any]]:
     """A callable, or its import path as text (``"package.module:function"``) from a config file."""
     if value is None or value == "":
         return None

@@ -33,7 +33,9 @@ def dreamdata_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents
 
     ``.messages`` (dicts in wire spelling), ``.of_type(t)``, ``.tracks(event=None)``, ``.identifies()``,
     ``.pages()``, ``.screens()``, ``.groups()``, ``.aliases()``, ``.find(**fields)``,
-    ``.assert_tracked(event, **properties)``, ``.invalid``, ``.assert_nothing_invalid()``, ``.clear()``.
+    ``.assert_tracked(event, **properties)``, ``.invalid``, ``.assert_nothing_invalid()``,
+    ``.plan_violations`` and ``.assert_plan_followed()`` (handlers with a ``tracking_plan``),
+    ``.check_plan(path)``, ``.clear()``.
     """
 
     if not os.environ.get("DREAMDATA_WRITE_KEY"):

@@ -18,9 +18,12 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from dreamdata_logging.errors import InvalidEventError
+
+if TYPE_CHECKING:
+    from dreamdata_logging.wire.plan import Violation
 
 __all__ = ["CapturedEvents", "capture"]
 
@@ -45,6 +48,8 @@ class CapturedEvents:
         self.messages: list[dict[str, Any]] = []
         #: Events the handler refused (no user id, wrong field type, too big...), as the errors it raised.
         self.invalid: list[InvalidEventError] = []
+        #: How events broke a handler's tracking plan (``tracking_plan=``): one per event, sent or dropped.
+        self.plan_violations: list[Violation] = []
 
     # -- fed by the handler ------------------------------------------------------------------------
 
@@ -53,6 +58,9 @@ class CapturedEvents:
 
     def _add_invalid(self, error: InvalidEventError) -> None:
         self.invalid.append(error)
+
+    def _add_violation(self, violation: Violation) -> None:
+        self.plan_violations.append(violation)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -63,7 +71,10 @@ class CapturedEvents:
         return iter(list(self.messages))
 
     def __repr__(self) -> str:
-        return f"<CapturedEvents {len(self.messages)} message(s), {len(self.invalid)} invalid>"
+        return (
+            f"<CapturedEvents {len(self.messages)} message(s), {len(self.invalid)} invalid, "
+            f"{len(self.plan_violations)} breaking the tracking plan>"
+        )
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         """The messages of one type: ``"track"``, ``"identify"``, ``"page"``, ``"screen"``, ``"group"``, ``"alias"``."""
@@ -119,10 +130,26 @@ class CapturedEvents:
         if self.invalid:
             raise AssertionError(f"{len(self.invalid)} invalid event(s): " + "; ".join(map(str, self.invalid)))
 
+    def assert_plan_followed(self) -> None:
+        """Assert that no event broke a handler's tracking plan."""
+        if self.plan_violations:
+            raise AssertionError(
+                f"{len(self.plan_violations)} event(s) broke the tracking plan: "
+                + "; ".join(violation.with_value() for violation in self.plan_violations)
+            )
+
+    def check_plan(self, plan: Any) -> list[Violation]:
+        """How the captured messages break the tracking plan ``plan`` (a file path), whatever the handlers' plans."""
+        from dreamdata_logging.wire.plan import load_plan
+
+        checked = load_plan(plan)
+        return [v for v in map(checked.check, self.messages) if v is not None]
+
     def clear(self) -> None:
         """Forget what was captured so far."""
         self.messages.clear()
         self.invalid.clear()
+        self.plan_violations.clear()
 
 
 def start(events: Optional[CapturedEvents] = None) -> CapturedEvents:
@@ -160,3 +187,8 @@ def feed(data: bytes) -> None:
 def feed_invalid(error: InvalidEventError) -> None:
     for events in list(active):
         events._add_invalid(error)
+
+
+def feed_violation(violation: Violation) -> None:
+    for events in list(active):
+        events._add_violation(violation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from dreamdata_logging.errors import InvalidEventError
 from dreamdata_logging.events import encoding
@@ -29,12 +29,16 @@ def build_message(
     defaults: Optional[Mapping[str, Any]] = None,
     extra_fields: Optional[Mapping[str, Any]] = None,
     name: Optional[str] = None,
+    check: Optional[Callable[[str, dict[str, Any]], None]] = None,
+    limit: int = MAX_MESSAGE_BYTES,
 ) -> bytes:
     """Turn the ``dreamdata`` mapping of ``record`` into one serialised message.
 
     ``defaults`` (from :func:`dreamdata_logging.bind`) fill fields the event leaves out;
     ``extra_fields`` (from ``include_extra``) become properties or traits, below explicit ones;
-    ``name`` is a track's default ``event`` when it is not the record's formatted message.
+    ``name`` is a track's default ``event`` when it is not the record's formatted message;
+    ``check(type, message)`` sees the message's fields before they are serialised (a tracking plan);
+    ``limit`` is the most bytes the message may take.
     Raises :class:`InvalidEventError` naming the reason; never modifies ``event``.
 
     The fields this library fills in (``type``, ``messageId``, ``timestamp``, ``context.library``) are
@@ -55,6 +59,8 @@ def build_message(
         if extra_fields:
             target = "traits" if kind in ("identify", "group") else "properties"
             message[target] = {**extra_fields, **message.get(target, {})}
+        if check is not None:
+            check(kind, message)
         head = _head(kind, message, record)
         context = message.pop("context", None)
         body = encoding.dumps(message) if message else b"{}"
@@ -64,9 +70,9 @@ def build_message(
             raise InvalidEventError(error.reason, describe({"type": kind, **message})) from None
         raise
     size = len(data)
-    if size > MAX_MESSAGE_BYTES - _NEAR_LIMIT:  # near the limit: measure as the endpoint's side would
+    if size > limit - _NEAR_LIMIT:  # near the limit: measure as the endpoint's side would
         size = max(size, encoding.standard_size(data))
-    if size > MAX_MESSAGE_BYTES:
+    if size > limit:
         raise InvalidEventError(
             f"{size:,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}", describe({"type": kind, **message})
         )

@@ -1,4 +1,4 @@
-"""The command line: ``dreamdata-logging demo | collector | send`` (also ``python -m dreamdata_logging``)."""
+"""The command line: ``dreamdata-logging demo|collector|send|plan check`` (or ``python -m dreamdata_logging``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 from dreamdata_logging import DreamdataHandler, alias, group, identify, page, screen, track
 from dreamdata_logging._version import __version__
 from dreamdata_logging.tools.collector import CLI_KEEP, Collector, run_collector
+from dreamdata_logging.tools.plan_check import check_files
 from dreamdata_logging.tools.send import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, send_file
 
 DEMO_WRITE_KEY = "demo-write-key"
@@ -109,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run the pipeline locally against the bundled collector (no network, no key)")
     _add_collector_command(commands)
     _add_send_command(commands)
+    _add_plan_command(commands)
     return parser
 
 
@@ -139,6 +141,13 @@ def _add_collector_command(commands: Any) -> None:
         "timestamps like 2012-12-02T00:30:08.276Z); by default any RFC 3339 timestamp, no envelope messageId "
         "and a batch-level context are accepted, as the API does",
     )
+    collector.add_argument(
+        "--plan",
+        metavar="PLAN",
+        default=None,
+        help="a tracking plan (YAML or JSON): messages that break it are accepted, flagged on the debugger page "
+        "and printed",
+    )
     keep = f"messages kept in memory, the newest (default {CLI_KEEP:,}); older ones are only in --out"
     _number(collector, "--keep", _count, CLI_KEEP, keep)
 
@@ -162,12 +171,30 @@ def _add_send_command(commands: Any) -> None:
     send.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
+def _add_plan_command(commands: Any) -> None:
+    plan = _command(commands, "plan", "check messages against a tracking plan", "Tracking plan tools.")
+    actions = plan.add_subparsers(dest="plan_command", required=True)
+    check = _command(
+        actions,
+        "check",
+        "check files of messages against a tracking plan",
+        "Check every message of each FILE (a batch document or JSON lines; '-' is standard input) against the "
+        "tracking plan PLAN (YAML or JSON). Each message that breaks it is printed with its line (and batch "
+        "index), event name, field, reason and value. Exit code: 0 all follow the plan, 1 some do not, "
+        "2 the plan or a file cannot be read.",
+    )
+    check.add_argument("--plan", metavar="PLAN", required=True, help="the tracking plan file (.yaml or .json)")
+    check.add_argument("files", metavar="FILE", nargs="+")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return demo()
     if args.command == "collector":
-        return run_collector(args.host, args.port, args.write_key, args.out, strict=args.strict, keep=args.keep)
+        return run_collector(
+            args.host, args.port, args.write_key, args.out, strict=args.strict, keep=args.keep, plan=args.plan
+        )
     if args.command == "send":
         return send_file(
             args.file,
@@ -179,4 +206,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_retries=args.max_retries,
             quiet=args.quiet,
         )
+    if args.command == "plan":
+        return check_files(args.plan, args.files)
     raise AssertionError(args.command)  # argparse rejects unknown commands first

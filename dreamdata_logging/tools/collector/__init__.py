@@ -37,6 +37,7 @@ from dreamdata_logging.tools.collector.feed import FEED_ROWS, Feed
 from dreamdata_logging.tools.collector.feed import MAX_PAGES as _MAX_PAGES
 from dreamdata_logging.tools.collector.feed import SSE_PING as _SSE_PING
 from dreamdata_logging.tools.collector.guard import is_loopback
+from dreamdata_logging.tools.collector.plan import PlanCheck, PlanSource
 from dreamdata_logging.tools.collector.records import RequestRecord, print_request
 from dreamdata_logging.tools.collector.server import BATCH_PATH, PAGE_PATH, CollectorServer
 from dreamdata_logging.tools.collector.server import EVENTS_PATH as EVENTS_PATH
@@ -68,7 +69,7 @@ _JOIN_TIMEOUT = 2.0
 Message = Dict[str, Any]
 
 
-class Collector(FaultInjection):
+class Collector(FaultInjection, PlanCheck):
     """A local ``POST /v1/batch`` that checks like the real one, records, and injects faults.
 
     The socket is bound on construction (``port=0`` picks a free port, see :attr:`url`); serve with
@@ -82,12 +83,12 @@ class Collector(FaultInjection):
     :meth:`wait_for` and :attr:`accepted` count every accepted message, kept or not. ``out`` gets every
     accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
     (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
-    The live event debugger is at :attr:`page_url`.
+    The live event debugger is at :attr:`page_url`; with ``plan``, what breaks that tracking plan is flagged.
 
     Bound to loopback (the default), it answers only requests whose ``Host`` names it (``127.0.0.1``,
     ``localhost``, ``[::1]``, with or without the port; else 421), so no web page can read its events by
     rebinding a name to this address. Bound beyond loopback, any ``Host`` is answered, and the debugger asks
-    for ``write_key`` by HTTP Basic (401); without one it stays closed there (403). See ``_collector_guard``.
+    for ``write_key`` by HTTP Basic (401); without one it stays closed there (403). See ``guard``.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Collector(FaultInjection):
         keep: Optional[int] = DEFAULT_KEEP,
         request_timeout: float = 10.0,
         idle_timeout: float = 30.0,
+        plan: PlanSource = None,
     ) -> None:
         if keep is not None and keep < 0:
             raise ValueError(f"keep must be None or 0 or more, not {keep}")
@@ -115,6 +117,7 @@ class Collector(FaultInjection):
         self._strict = strict
         self._request_timeout = float(request_timeout)
         self._idle_timeout = float(idle_timeout)
+        self._init_plan(plan)
         super().__init__()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -255,7 +258,7 @@ class Collector(FaultInjection):
         with self._lock:
             self._messages.clear()
             self._requests.clear()
-            self._accepted = self._request_count = 0
+            self._accepted = self._request_count = self._plan_violations = 0
         self._feed.clear()
 
     # -- used by the request handler --
@@ -280,9 +283,10 @@ class Collector(FaultInjection):
                 self._arrived.notify_all()
         if messages and lines is not None and judged is None:
             judged = [(message, line, None) for message, line in zip(messages, lines)]
-        self._feed.publish(record, judged)
+        flags = self._check_plan(messages)
+        self._feed.publish(record, judged, flags)
         if self._verbose:
-            print_request(record)
+            print_request(record, flags)
 
     def _amend(self, record: RequestRecord, status: int, error: str) -> None:
         with self._lock:
@@ -299,16 +303,23 @@ def run_collector(
     *,
     strict: bool = False,
     keep: int = CLI_KEEP,
+    plan: Optional[str] = None,
 ) -> int:
     """``dreamdata-logging collector``: serve in the foreground, a line per request, until Ctrl-C."""
     try:
-        collector = Collector(host, port, write_key=write_key, out=out, verbose=True, strict=strict, keep=keep)
+        collector = Collector(
+            host, port, write_key=write_key, out=out, verbose=True, strict=strict, keep=keep, plan=plan
+        )
     except OSError as exc:
         print(f"dreamdata-logging collector: cannot start on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # the tracking plan cannot be used
+        print(f"dreamdata-logging collector: {exc}", file=sys.stderr)
+        return 2
     auth = "checking the write key" if write_key else "accepting any non-empty write key"
     rules = "this package's exact format (--strict)" if strict else "what Dreamdata's API accepts"
     target = f"; appending accepted messages to {out}" if out else ""
+    target += f"; flagging messages that break the tracking plan {plan}" if plan else ""
     shows = f" (it shows the last {FEED_ROWS:,} events; {keep:,} messages are kept in memory)"
     if is_loopback(host):
         page = f"open {collector.page_url} in a browser{shows}"

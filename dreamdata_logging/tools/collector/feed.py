@@ -73,7 +73,7 @@ def _json_text(message: Any, line: Optional[bytes]) -> str:
     return text
 
 
-def _row(message: Any, line: Optional[bytes], reason: Optional[str]) -> Dict[str, str]:
+def _row(message: Any, line: Optional[bytes], reason: Optional[str], plan: Optional[str] = None) -> Dict[str, str]:
     fields = message if isinstance(message, dict) else {}
     name = next((fields[k] for k in ("event", "name", "groupId", "previousId") if fields.get(k) is not None), None)
     return {
@@ -84,20 +84,23 @@ def _row(message: Any, line: Optional[bytes], reason: Optional[str]) -> Dict[str
         "messageId": _text(fields.get("messageId")),
         "status": "accepted" if reason is None else "refused",
         "reason": reason or "",
+        "plan": plan or "",  # how an accepted message breaks the tracking plan
         "json": _json_text(message, line),
     }
 
 
-def _entry(record: RequestRecord, judged: Optional[List[Judged]]) -> Dict[str, Any]:
+def _entry(
+    record: RequestRecord, judged: Optional[List[Judged]], flags: Optional[List[Optional[str]]] = None
+) -> Dict[str, Any]:
     """One request and its messages as the page shows them (the ``id`` is added when published)."""
     now = time.time()
     stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
     refused_at = first_problem(judged) if judged else None
     rows = []
-    for message, line, problem in judged or ():
+    for index, (message, line, problem) in enumerate(judged or ()):
         if problem is None and refused_at is not None:
             problem = f"not accepted: its batch was refused because of batch[{refused_at[0]}]"
-        rows.append(_row(message, line, problem))
+        rows.append(_row(message, line, problem, flags[index] if flags else None))
     request = {
         "method": _text(record.method),
         "path": _text(urlsplit(record.path).path),  # never a query string
@@ -124,8 +127,10 @@ class Feed:
         self._pages = 0
         self._closed = False
 
-    def publish(self, record: RequestRecord, judged: Optional[List[Judged]]) -> None:
-        entry = _entry(record, judged)
+    def publish(
+        self, record: RequestRecord, judged: Optional[List[Judged]], flags: Optional[List[Optional[str]]] = None
+    ) -> None:
+        entry = _entry(record, judged, flags)
         rows = len(entry["rows"])
         with self._changed:
             self._seq += 1

@@ -16,7 +16,7 @@ _HTML = r"""<!doctype html>
 <title>dreamdata-logging collector</title>
 <link rel="icon" href="data:,">
 <style>
-  :root { --ok: #1b7f3b; --bad: #b3261e; --line: #d9d9de; --muted: #666; }
+  :root { --ok: #1b7f3b; --bad: #b3261e; --warn: #9a5b00; --line: #d9d9de; --muted: #666; }
   body { font: 13px/1.4 system-ui, sans-serif; margin: 0; color: #1c1c1e; }
   header { display: flex; gap: 1em; align-items: baseline; padding: .6em 1em; background: #f3f3f6;
            border-bottom: 1px solid var(--line); position: sticky; top: 0; z-index: 2; flex-wrap: wrap; }
@@ -37,6 +37,7 @@ _HTML = r"""<!doctype html>
   #messages tbody tr.selected { background: #dce6ff; }
   tr.refused td.verdict { color: var(--bad); }
   tr.accepted td.verdict { color: var(--ok); }
+  tr.accepted.flagged td.verdict { color: var(--warn); }
   #requests td.status { color: var(--bad); font-weight: bold; }
   #detail { flex: 0 0 38%; position: sticky; top: 3.2em; max-height: calc(100vh - 4em); overflow: auto;
             border: 1px solid var(--line); padding: .5em; background: #fcfcfd; }
@@ -56,6 +57,7 @@ _HTML = r"""<!doctype html>
     <option>screen</option><option>group</option><option>alias</option>
   </select></label>
   <label><input id="refused-only" type="checkbox"> refused only</label>
+  <label><input id="plan-only" type="checkbox"> breaking the tracking plan only</label>
   <button id="pause" type="button">Pause</button>
   <span id="held"></span>
   <button id="clear" type="button">Clear</button>
@@ -65,7 +67,7 @@ _HTML = r"""<!doctype html>
     <h2>Messages <small>newest first; click one to see its JSON</small></h2>
     <table id="messages">
       <thead><tr><th>received</th><th>type</th><th>event / name</th><th>userId</th><th>anonymousId</th>
-        <th>messageId</th><th>accepted / refused</th></tr></thead>
+        <th>messageId</th><th>accepted / refused / tracking plan</th></tr></thead>
       <tbody></tbody>
     </table>
     <p id="no-messages" class="empty">No messages yet. Point a handler (or <code>dreamdata-logging send</code>)
@@ -89,8 +91,9 @@ _HTML = r"""<!doctype html>
   var $ = function (id) { return document.getElementById(id); };
   var messages = document.querySelector("#messages tbody");
   var requests = document.querySelector("#requests tbody");
-  var filterBox = $("filter"), typeBox = $("type"), refusedBox = $("refused-only");
-  var paused = false, held = [], lastId = 0, accepted = 0, refused = 0, badRequests = 0, selected = null;
+  var filterBox = $("filter"), typeBox = $("type"), refusedBox = $("refused-only"), planBox = $("plan-only");
+  var paused = false, held = [], lastId = 0, accepted = 0, refused = 0, flagged = 0, badRequests = 0;
+  var selected = null;
 
   function cell(tr, text, cls) {
     var td = document.createElement("td");
@@ -104,6 +107,7 @@ _HTML = r"""<!doctype html>
     var text = filterBox.value.trim().toLowerCase();
     if (typeBox.value && tr.dataset.type !== typeBox.value) { return false; }
     if (refusedBox.checked && tr.dataset.status !== "refused") { return false; }
+    if (planBox.checked && !tr.dataset.plan) { return false; }
     return !text || tr.dataset.text.indexOf(text) !== -1;
   }
 
@@ -123,7 +127,8 @@ _HTML = r"""<!doctype html>
     var text = tr.dataset.json;
     try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { /* shown as received */ }
     $("detail-json").textContent = text;
-    $("detail-reason").textContent = tr.dataset.status === "refused" ? "refused: " + tr.dataset.reason : "";
+    $("detail-reason").textContent = tr.dataset.status === "refused" ? "refused: " + tr.dataset.reason :
+      tr.dataset.plan ? "accepted, but breaks the tracking plan: " + tr.dataset.plan : "";
     $("detail").hidden = false;
   }
 
@@ -141,23 +146,27 @@ _HTML = r"""<!doctype html>
     }
     entry.rows.forEach(function (row) {
       var tr = document.createElement("tr");
-      tr.className = row.status;
+      var plan = row.plan || "";
+      tr.className = row.status + (plan ? " flagged" : "");
       tr.dataset.type = row.type;
       tr.dataset.status = row.status;
       tr.dataset.reason = row.reason;
+      tr.dataset.plan = plan;
       tr.dataset.json = row.json;
-      tr.dataset.text = (row.json + " " + row.reason).toLowerCase();
+      tr.dataset.text = (row.json + " " + row.reason + " " + plan).toLowerCase();
       cell(tr, entry.time); cell(tr, row.type); cell(tr, row.name); cell(tr, row.userId);
       cell(tr, row.anonymousId); cell(tr, row.messageId);
-      cell(tr, row.status === "accepted" ? "accepted" : "refused: " + row.reason, "verdict reason");
+      cell(tr, row.status !== "accepted" ? "refused: " + row.reason :
+        plan ? "accepted; breaks the tracking plan: " + plan : "accepted", "verdict reason");
       tr.hidden = !visible(tr);
       messages.insertBefore(tr, messages.firstChild);
       if (row.status === "accepted") { accepted++; } else { refused++; }
+      if (plan) { flagged++; }
     });
     trim(messages);
     $("no-messages").hidden = messages.rows.length > 0;
-    $("counts").textContent = accepted + " accepted, " + refused + " refused messages; " +
-      badRequests + " refused requests";
+    $("counts").textContent = accepted + " accepted, " + refused + " refused messages" +
+      (flagged ? " (" + flagged + " breaking the tracking plan)" : "") + "; " + badRequests + " refused requests";
   }
 
   function showHeld() {
@@ -175,6 +184,7 @@ _HTML = r"""<!doctype html>
   filterBox.addEventListener("input", applyFilters);
   typeBox.addEventListener("change", applyFilters);
   refusedBox.addEventListener("change", applyFilters);
+  planBox.addEventListener("change", applyFilters);
   $("pause").addEventListener("click", function () {
     paused = !paused;
     $("pause").textContent = paused ? "Resume" : "Pause";
@@ -183,7 +193,7 @@ _HTML = r"""<!doctype html>
   });
   $("clear").addEventListener("click", function () {
     messages.textContent = ""; requests.textContent = ""; held = [];
-    accepted = refused = badRequests = 0;
+    accepted = refused = flagged = badRequests = 0;
     $("counts").textContent = ""; $("no-messages").hidden = false; showHeld();
   });
 

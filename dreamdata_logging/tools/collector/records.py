@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 
@@ -23,8 +23,9 @@ class RequestRecord:
     error: Optional[str] = None  # why it was refused, or which fault answered it
 
 
-def print_request(record: RequestRecord) -> None:
-    """One line on stdout for ``record``: time, status, method, path (never its query), messages and size."""
+def print_request(record: RequestRecord, plan_flags: Optional[List[Optional[str]]] = None) -> None:
+    """One line on stdout for ``record``: time, status, method, path (never its query), messages and size;
+    then a line for each message that breaks the tracking plan (``plan_flags``, from ``--plan``)."""
     size = f"{record.body_size:,} bytes"
     if record.decoded_size != record.body_size and record.decoded_size:
         size += f" ({record.decoded_size:,} decoded)"
@@ -35,6 +36,9 @@ def print_request(record: RequestRecord) -> None:
     )
     if record.error:
         line += f": {record.error}"
+    for index, flag in enumerate(plan_flags or ()):
+        if flag is not None:
+            line += f"\n  batch[{index}] breaks the tracking plan: {flag}"
     if sys.stdout is not None:
         sys.stdout.write(line + "\n")  # one write, so lines from concurrent requests don't interleave
         sys.stdout.flush()
