@@ -140,10 +140,14 @@ class Delivery:
         """In a new process: the parent's queue, thread, connections and counts are the parent's."""
         if self.worker.pid == os.getpid():
             return
+        was_closed = self.worker.closing
         self.transport.reset_after_fork()
         if self.spool is not None:
             self.spool.reset_after_fork()
         self._start_process()
+        if was_closed:  # closed in the parent: closed here too (its next event reopens it, as there)
+            self.worker.close(0.0, wait=False)
+            return
         self.resume_spool()
 
     def renew(self, stale: Worker) -> Worker:

@@ -12,6 +12,7 @@ and closes. Prints one JSON line: every messageId logged and arrived, and each h
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import logging.config
@@ -27,6 +28,7 @@ from dreamdata_logging.tools.collector import Collector, Fault
 
 KEY = "state-key"
 seed, steps, spool_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+faulthandler.dump_traceback_later(150, exit=True)  # a hang shows every thread's stack, then ends the run
 rng = random.Random(seed)
 collector = Collector(write_key=KEY, keep=None).start()
 handler_entry = {
@@ -102,8 +104,10 @@ def fork_child() -> dict:
                 log.info("Child Step", extra=track(user_id="child", message_id=message_id))
                 ids.append(message_id)
             current = [h for h in log.handlers if isinstance(h, DreamdataHandler)]
+            current += [h for h in handlers if h not in current]  # closed ones count here too
             for handler in current:
                 handler.flush(10)
+                handler.close()  # stops its thread (it may be draining the spool), so the counts are final
             report = {"ids": ids, "stats": [h.stats() for h in current]}
             os.write(write_end, json.dumps(report).encode())
         except BaseException:

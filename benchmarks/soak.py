@@ -1,0 +1,224 @@
+"""Soak: the handler's states, over and over, for minutes, with memory sampled every second.
+
+    python -m benchmarks.soak [--minutes 10] [--seed 1] [--spool] [--out benchmarks/results/soak.json]
+
+Four threads log numbered events the whole time while the main thread, every few tens of milliseconds,
+closes the handler (it reopens), reconfigures logging (the same config, or another that leaves ours closed
+but attached), flushes, forks a child that logs and flushes, and flips the endpoint (the project's
+collector, keeping nothing in memory and streaming what it accepts to a file) between healthy, 503, 429,
+dropped connections and slow errors. The resident set size of the process is read from /proc every second.
+
+At the end the endpoint is healthy, every handler flushes and closes, and the run checks: no messageId
+arrived twice; each handler's ledger adds up; every event that did not arrive is counted (failed, dropped,
+or still in the spool). It prints a summary and writes every sample to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from dreamdata_logging import DreamdataHandler, track
+from dreamdata_logging.tools.collector import Collector, Fault
+
+KEY = "soak-key"
+FAULTS = [None, None, Fault(503), Fault(429, headers={"Retry-After": "0"}), Fault(drop=True), Fault(503, delay=0.3)]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Soak:
+    def __init__(self, seed: int, spool: bool, folder: str) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        # The collector streams what it accepts to a file and keeps nothing in memory: the RSS is ours.
+        self.out = Path(folder) / "arrived.jsonl"
+        self.collector = Collector(write_key=KEY, keep=0, out=str(self.out)).start()
+        entry: dict[str, Any] = {
+            "class": "dreamdata_logging.DreamdataHandler", "write_key": KEY, "endpoint": self.collector.url,
+            "flush_at": "200", "flush_interval": "0.05", "timeout": "3", "max_retries": "2",
+            "shutdown_timeout": "1", "max_queue_size": "20000",
+        }  # fmt: skip
+        if spool:
+            entry["spool"] = str(Path(folder) / "events.sqlite")
+        self.ours = {
+            "version": 1, "disable_existing_loggers": False,
+            "handlers": {"dreamdata": entry, "quiet": {"class": "logging.NullHandler"}},
+            "loggers": {"analytics": {"handlers": ["dreamdata"], "level": "INFO", "propagate": False},
+                        "urllib3": {"handlers": ["quiet"], "level": "DEBUG", "propagate": False}},
+        }  # fmt: skip
+        self.theirs = {"version": 1, "disable_existing_loggers": False,
+                       "handlers": {"plain": {"class": "logging.NullHandler"}},
+                       "loggers": {"server": {"handlers": ["plain"], "level": "INFO"}}}  # fmt: skip
+        self.log = logging.getLogger("analytics")
+        self.stats: list[dict[str, int]] = []  # of handlers no longer used (their final counts)
+        self.handlers: list[DreamdataHandler] = []
+        self.logged = 0
+        self.logged_lock = threading.Lock()
+        self.children: list[dict[str, Any]] = []
+        self.running = threading.Event()
+        self.samples: list[tuple[float, int]] = []
+        self.actions: Counter[str] = Counter()
+
+    def configure(self, config: dict[str, Any]) -> None:
+        logging.config.dictConfig(config)
+        for handler in self.log.handlers:
+            if isinstance(handler, DreamdataHandler) and handler not in self.handlers:
+                self.handlers.append(handler)
+        # Handlers detached for good: settle them and keep only their counts (memory must stay flat).
+        attached = set(self.log.handlers)
+        for handler in [h for h in self.handlers if h not in attached and h.closed]:
+            handler.close()
+            if handler.stats()["queued"] == 0:
+                self.stats.append(handler.stats())
+                self.handlers.remove(handler)
+
+    def emit(self, source: str) -> None:
+        self.log.info("Soak Step", extra=track(user_id=source, message_id=f"{source}-{uuid.uuid4().hex}"))
+        with self.logged_lock:
+            self.logged += 1
+
+    def writer(self, n: int) -> None:
+        local = random.Random(self.seed * 100 + n)
+        while self.running.is_set():
+            for _ in range(local.randint(1, 20)):
+                self.emit(f"t{n}")
+            time.sleep(local.uniform(0, 0.01))
+
+    def sampler(self, started: float) -> None:
+        while self.running.is_set():
+            self.samples.append((round(time.monotonic() - started, 1), rss_bytes()))
+            time.sleep(1.0)
+
+    def fork_child(self) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            for _ in range(5):
+                self.log.info("Child", extra=track(user_id="child", message_id=f"child-{uuid.uuid4().hex}"))
+            current = [h for h in self.log.handlers if isinstance(h, DreamdataHandler)]
+            current += [h for h in self.handlers if h not in current]  # closed ones count here too
+            for handler in current:
+                handler.flush(10)
+                handler.close()  # stops its thread (it may be draining the spool), so the counts are final
+            os.write(write_end, json.dumps([h.stats() for h in current]).encode())
+            os._exit(0)
+        os.close(write_end)
+        data = b""
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            data += chunk
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        self.children.append({"status": status, "stats": json.loads(data) if data else [], "logged": 5})
+
+    def step(self) -> None:
+        action = self.rng.choice(["log", "close", "same", "other", "flush", "fault", "fault", "fork"])
+        self.actions[action] += 1
+        if action == "log":
+            for _ in range(self.rng.randint(1, 200)):
+                self.emit("main")
+        elif action == "close":
+            for handler in list(self.log.handlers):
+                handler.close()
+        elif action in ("same", "other"):
+            self.configure(self.ours if action == "same" else self.theirs)
+        elif action == "flush":
+            for handler in list(self.log.handlers):
+                handler.flush(self.rng.uniform(0, 0.5))
+        elif action == "fault":
+            self.collector.set_down(self.rng.choice(FAULTS))
+        elif action == "fork":
+            self.fork_child()
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        self.configure(self.ours)
+        self.running.set()
+        started = time.monotonic()
+        threads = [threading.Thread(target=self.writer, args=(n,), daemon=True) for n in range(4)]
+        threads.append(threading.Thread(target=self.sampler, args=(started,), daemon=True))
+        for thread in threads:
+            thread.start()
+        while time.monotonic() - started < seconds:
+            self.step()
+            time.sleep(self.rng.uniform(0, 0.05))
+        self.running.clear()
+        for thread in threads:
+            thread.join(10)
+        self.collector.set_down(None)
+        self.emit("main")  # reopens whatever a close or a reconfiguration left closed but attached
+        flushed = [h.flush(120) for h in self.log.handlers if isinstance(h, DreamdataHandler)]
+        for handler in self.handlers:
+            handler.close()
+        final = self.stats + [h.stats() for h in self.handlers]
+        self.collector.stop()
+        return self.check(final, flushed, time.monotonic() - started)
+
+    def check(self, final: list[dict[str, int]], flushed: list[bool], seconds: float) -> dict[str, Any]:
+        arrived: Counter[str] = Counter()
+        with open(self.out, encoding="utf-8") as lines:
+            for line in lines:
+                arrived[json.loads(line)["messageId"]] += 1
+        everyone = final + [s for child in self.children for s in child["stats"]]
+        totals: Counter[str] = Counter()
+        for stats in everyone:
+            totals.update(stats)
+        unbalanced = [s for s in everyone if s["emitted"] != s["delivered"] + s["failed"] + s["dropped_queue_full"]
+                      + s["dropped_closed"] + s["queued"] + s["spool_written"] + s["unsent"] + s["captured"]]  # fmt: skip
+        logged = self.logged + sum(child["logged"] for child in self.children)
+        spooled = final[-1]["spooled"] if final else 0
+        lost = totals["failed"] + totals["dropped_queue_full"] + totals["dropped_closed"] + totals["spool_dropped"]
+        rss = [value for _, value in self.samples]
+        quarter = max(1, len(rss) // 4)
+        return {
+            "seed": self.seed, "seconds": round(seconds, 1), "actions": dict(self.actions),
+            "logged": logged, "arrived": len(arrived), "twice": sum(1 for c in arrived.values() if c > 1),
+            "delivered_per_ledgers": totals["delivered"] + totals["spool_delivered"],
+            "lost_counted": lost, "spooled_at_end": spooled, "unbalanced_ledgers": len(unbalanced),
+            "uncounted": logged - len(arrived) - lost - spooled, "flushed": flushed,
+            "handlers": len(everyone), "children": len(self.children),
+            "rss_first_quarter_mib": round(max(rss[:quarter]) / 2**20, 1) if rss else None,
+            "rss_last_quarter_mib": round(max(rss[-quarter:]) / 2**20, 1) if rss else None,
+            "rss_samples": self.samples,
+        }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--spool", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/soak.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        result = Soak(args.seed, args.spool, folder).run(args.minutes * 60)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    summary = {k: v for k, v in result.items() if k != "rss_samples"}
+    print(json.dumps(summary, indent=1))
+    good = not result["twice"] and not result["unbalanced_ledgers"] and not result["uncounted"]
+    good = good and result["arrived"] == result["delivered_per_ledgers"]
+    print("soak:", "every event counted once" if good else "FAILED", file=sys.stderr)
+    return 0 if good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
