@@ -304,7 +304,7 @@ def test_413_on_a_single_message_drops_it_with_the_reason(collector, make_handle
     assert any("could not be delivered" in r.getMessage() and "413" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("status", [400, 404, 409, 422])
+@pytest.mark.parametrize("status", [404, 409, 422])  # 400: see test_refusals.py
 def test_other_4xx_is_not_retried_and_reported_with_an_excerpt(status, collector, make_handler, make_logger):
     errors = Errors()
     handler = make_handler(flush_interval=60, on_error=errors)
