@@ -7,6 +7,8 @@ logging.getLogger().addHandler(DreamdataHandler("WRITE_KEY"))
 logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
 """
 
+from dreamdata_logging.errors import QueueFullError
+
 from ._context import bind
 from ._events import alias, group, identify, page, screen, track
 from ._handler import DreamdataHandler
@@ -20,6 +22,7 @@ __all__ = [
     "DreamdataHandler",
     "InvalidEventError",
     "PayloadTooLargeError",
+    "QueueFullError",
     "__version__",
     "alias",
     "bind",

@@ -81,6 +81,22 @@ class Buffer:
             return READY
         return ACCEPTED
 
+    def has_room(self, size: int) -> bool:
+        """A message of ``size`` bytes fits now (plain ints: read without the lock)."""
+        return self.held < self.max_events and self.held_bytes + size <= self.max_bytes
+
+    def wait_for_room(self, size: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a message of ``size`` bytes fits; False on timeout or close."""
+        ident = threading.get_ident()
+        if ident in self._inside:
+            return False
+        self._inside.add(ident)  # a signal handler that logs meanwhile leaves its message aside
+        try:
+            with self._changed:
+                return self._changed.wait_for(lambda: self.closed or self.has_room(size), timeout) and not self.closed
+        finally:
+            self._inside.discard(ident)
+
     def entered_here(self) -> bool:
         """True when this thread was interrupted inside put() or flush() (e.g. by a signal handler)."""
         return threading.get_ident() in self._inside

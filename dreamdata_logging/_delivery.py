@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from dreamdata_logging._full import FullQueue
+
 from . import _lifecycle as lifecycle
 from ._budget import Deadlines
 from ._buffer import Buffer
@@ -47,6 +49,7 @@ class Limits:
     shutdown_timeout: float
     on_error: Optional[OnError]
     scrub: Callable[[str], str]  # takes every secret out of a text
+    block_on_full: float = 0.0  # seconds a caller may wait for room in a full queue
 
 
 class Delivery:
@@ -78,7 +81,10 @@ class Delivery:
             batch_events=limits.flush_at,
             body_room=BODY_ROOM,
         )
-        return Worker(buffer, dispatcher, deadlines, flush_interval=limits.flush_interval, drain=drain)
+        full = None
+        if limits.block_on_full > 0 or self._on_error is not None:
+            full = FullQueue(buffer, self.problems, block_on_full=limits.block_on_full, keep=self._on_error is not None)
+        return Worker(buffer, dispatcher, deadlines, flush_interval=limits.flush_interval, drain=drain, full=full)
 
     # -- the process this runs in ---------------------------------------------------------------
 

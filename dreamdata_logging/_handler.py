@@ -61,6 +61,7 @@ class DreamdataHandler(logging.Handler):
         spool: Union[None, str, os.PathLike[str]] = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         handle_sigterm: bool = True,
+        block_on_full: float = 0.0,
         level: Union[int, str] = logging.NOTSET,
     ) -> None:
         super().__init__(level)
@@ -76,6 +77,7 @@ class DreamdataHandler(logging.Handler):
         self.on_error = options.as_callable("on_error", on_error)
         self.include_extra = options.as_bool("include_extra", include_extra)
         self.handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
+        self.block_on_full = options.as_number("block_on_full", block_on_full, float, 0)
         self._transport = Transport(
             endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
             key,
@@ -96,6 +98,7 @@ class DreamdataHandler(logging.Handler):
             self.shutdown_timeout,
             self.on_error,
             self._transport.redactor.scrub,
+            block_on_full=self.block_on_full,
         )
         self._delivery = Delivery(self._transport, self._spool, limits)
         self._started()

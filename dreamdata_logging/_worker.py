@@ -12,6 +12,9 @@ import threading
 import time
 from typing import Optional
 
+from dreamdata_logging._buffer import FULL
+from dreamdata_logging._full import FullQueue, may_wait_for_room
+
 from . import _lifecycle as lifecycle
 from ._budget import Deadlines, set_unless_busy
 from ._buffer import READY, Buffer
@@ -33,12 +36,14 @@ class Worker:
         *,
         flush_interval: float,
         drain: Optional[SpoolDrain] = None,
+        full: Optional[FullQueue] = None,
     ) -> None:
         self.buffer = buffer
         self.dispatcher = dispatcher
         self._deadlines = deadlines
         self._flush_interval = flush_interval
         self._drain = drain
+        self._full = full
         self.pid = os.getpid()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
@@ -48,8 +53,14 @@ class Worker:
     # -- the callers' side ----------------------------------------------------------------------
 
     def put(self, data: bytes) -> int:
-        """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network."""
+        """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network, except
+        up to ``block_on_full`` seconds for room when the queue is full and this caller may wait."""
+        full = self._full
+        if may_wait_for_room(full, self.buffer, len(data)) and self._may_wait():
+            full.wait_for_room(len(data), self._send_now)  # type: ignore[union-attr]
         status = self.buffer.put(data)
+        if status == FULL and full is not None:
+            full.dropped(data)
         if self._thread is None:
             self.start()
         if status == READY and not self._wake.is_set() and not self.buffer.entered_here():
@@ -57,6 +68,17 @@ class Worker:
         if self._drain is not None and self.buffer.over_high_water():
             self.dispatcher.spill()  # the endpoint is slow to take a batch: spool rather than drop
         return status
+
+    def _may_wait(self) -> bool:
+        """Not the worker, not a re-entered call, not with logging's lock held, not while exiting or closing."""
+        return not (
+            self.is_worker_thread() or self.buffer.entered_here() or self.closing or lifecycle.exiting()
+            or lifecycle.logging_lock_held() or not self._thread_running()
+        )
+
+    def _send_now(self) -> None:
+        self.buffer.request_flush()
+        set_unless_busy(self._wake)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every message accepted before the call is delivered or given up on."""
@@ -146,6 +168,8 @@ class Worker:
         """Send batches while there is a full one (or any, when forced). False once closing and empty."""
         buffer = self.buffer
         while True:
+            if self._full is not None:
+                self._full.hand_over(self.closing)  # events dropped while the queue was full, to on_error
             batch = buffer.next_batch(force or self.closing)
             if batch is None:
                 return not (self.closing and buffer.held == 0)

@@ -265,11 +265,14 @@ def raw(data: bytes, keep_open: bool = False) -> Answer:
     return answer
 
 
-def refuse_messages(poisoned: set[str], accepted: list[str]) -> Answer:
+def refuse_messages(poisoned: set[str], accepted: list[str], delay: float = 0.0) -> Answer:
     """400 for any batch holding a message whose messageId is in ``poisoned`` (naming it, as an endpoint that
-    validates each message does); otherwise 200, with the batch's messageIds appended to ``accepted``."""
+    validates each message does); otherwise 200, with the batch's messageIds appended to ``accepted``.
+    Each answer comes ``delay`` seconds after its request (a slow endpoint)."""
 
     def answer(request: Request, sock: socket.socket, stopping: threading.Event) -> bool:
+        if delay and stopping.wait(delay):
+            return False
         body = request.body
         if request.headers.get("content-encoding") == "gzip":
             body = zlib.decompress(body, 47)

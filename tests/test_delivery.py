@@ -561,7 +561,7 @@ def test_no_recursion_on_the_root_logger_at_debug(collector, make_handler, every
     handler = make_handler(flush_interval=0.05, max_queue_size=5)
     root.addHandler(handler)
     attached.append(handler)
-    collector.script(Fault(400, body="refused"))  # the worker logs a delivery error from its thread
+    collector.script(Fault(422, body="refused"))  # the worker logs a delivery error from its thread
     app = logging.getLogger("app.analytics")
     first = emit(app, 3, "app")
     assert handler.flush(timeout=10) is False
