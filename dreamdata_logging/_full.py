@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, Optional
 
 from dreamdata_logging._buffer import Buffer
 from dreamdata_logging._problems import Problems
@@ -45,12 +44,6 @@ class FullQueue:
         self._next_hand_over = 0.0
 
     # -- the callers' side ----------------------------------------------------------------------
-
-    def wait_for_room(self, size: int, wake: Callable[[], None]) -> None:
-        """Wait up to ``block_on_full`` seconds until a message of ``size`` bytes fits (the caller checked
-        that it may wait); ``wake`` asks the worker to send what is queued now."""
-        wake()
-        self._buffer.wait_for_room(size, self.block_on_full)
 
     def dropped(self, data: bytes) -> None:
         """Keep a dropped message for ``on_error`` while the bounds allow: never waits, never raises."""
@@ -82,7 +75,3 @@ class FullQueue:
         )
         self._problems.call_on_error(error, items)
 
-
-def may_wait_for_room(full: Optional[FullQueue], buffer: Buffer, size: int) -> bool:
-    """A quick look (no lock): waiting is asked for, and the message does not fit now."""
-    return full is not None and full.block_on_full > 0 and not buffer.has_room(size)

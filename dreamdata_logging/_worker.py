@@ -13,7 +13,7 @@ import time
 from typing import Optional
 
 from dreamdata_logging._buffer import FULL
-from dreamdata_logging._full import FullQueue, may_wait_for_room
+from dreamdata_logging._full import FullQueue
 
 from . import _lifecycle as lifecycle
 from ._budget import Deadlines, set_unless_busy
@@ -56,9 +56,10 @@ class Worker:
         """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network, except
         up to ``block_on_full`` seconds for room when the queue is full and this caller may wait."""
         full = self._full
-        if may_wait_for_room(full, self.buffer, len(data)) and self._may_wait():
-            full.wait_for_room(len(data), self._send_now)  # type: ignore[union-attr]
-        status = self.buffer.put(data)
+        if full is not None and full.block_on_full > 0 and self._may_wait():
+            status = self.buffer.put_waiting(data, full.block_on_full, self._send_now)
+        else:
+            status = self.buffer.put(data)
         if status == FULL and full is not None:
             full.dropped(data)
         if self._thread is None:
@@ -70,15 +71,16 @@ class Worker:
         return status
 
     def _may_wait(self) -> bool:
-        """Not the worker, not a re-entered call, not with logging's lock held, not while exiting or closing."""
+        """Not the worker, not a re-entered call, not with logging's lock held, not while exiting or closing,
+        and not once the thread has ended (a thread being started counts: it will make room)."""
+        thread = self._thread
         return not (
             self.is_worker_thread() or self.buffer.entered_here() or self.closing or lifecycle.exiting()
-            or lifecycle.logging_lock_held() or not self._thread_running()
+            or lifecycle.logging_lock_held() or (thread is not None and not thread.is_alive())
         )
 
     def _send_now(self) -> None:
-        self.buffer.request_flush()
-        set_unless_busy(self._wake)
+        set_unless_busy(self._wake)  # the queue is full: the caller waits for the room this makes
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every message accepted before the call is delivered or given up on."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -47,13 +48,24 @@ def log_events(log: logging.Logger, count: int) -> list[str]:
     return ids
 
 
+def sending(collector: Collector) -> None:
+    """Until the worker's first request reached the collector: it is inside a send, which the fault holds."""
+    end = time.monotonic() + 10
+    while not collector.requests():
+        assert time.monotonic() < end, "the worker sent nothing"
+        time.sleep(0.01)
+
+
 def test_events_dropped_by_a_full_queue_reach_on_error(collector: Collector) -> None:
     errors = Errors()
     handler = DreamdataHandler(
         WRITE_KEY, endpoint=collector.url, max_queue_size=10, flush_at=5, flush_interval=0.05, on_error=errors
     )
     collector.set_down(Fault(503, headers={"Retry-After": "30"}))  # the first batch waits; the queue fills
-    ids = log_events(logger_with(handler), 100)
+    log = logger_with(handler)
+    ids = log_events(log, 10)
+    sending(collector)
+    ids += log_events(log, 90)
     stats = handler.stats()
     assert (stats["queued"], stats["dropped_queue_full"]) == (10, 90)
     collector.set_down(None)
@@ -77,7 +89,10 @@ def test_on_error_gets_at_most_the_bound_and_the_count_of_the_rest(
     errors = Errors()
     handler = DreamdataHandler(WRITE_KEY, endpoint=collector.url, max_queue_size=10, flush_at=5, on_error=errors)
     collector.set_down(Fault(503, headers={"Retry-After": "30"}))
-    ids = log_events(logger_with(handler), 110)
+    log = logger_with(handler)
+    ids = log_events(log, 10)
+    sending(collector)
+    ids += log_events(log, 100)
     collector.set_down(None)
     handler.close()
     [(error, messages)] = errors.dropped()
@@ -104,8 +119,8 @@ def test_block_on_full_waits_for_room_and_every_event_arrives() -> None:
             stats = handler.stats()
         finally:
             handler.close()
+    assert stats["dropped_queue_full"] == 0 and stats["delivered"] == 200, stats
     assert len(ids) == 200 and sorted(accepted) == sorted(ids)
-    assert stats["dropped_queue_full"] == 0 and stats["delivered"] == 200
 
 
 def test_without_block_on_full_the_same_slow_endpoint_drops() -> None:
