@@ -7,6 +7,7 @@ logging.getLogger().addHandler(DreamdataHandler("WRITE_KEY"))
 logging.getLogger("analytics").info("Signed Up", extra=track(user_id="42"))
 """
 
+from dreamdata_logging._aflush import aflush
 from dreamdata_logging.errors import QueueFullError
 
 from ._context import bind
@@ -24,6 +25,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueueFullError",
     "__version__",
+    "aflush",
     "alias",
     "bind",
     "flush",

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from dreamdata_logging import _aflush
+
 from . import _lifecycle as lifecycle
 from . import _message as wire
 from . import _options as options
@@ -203,6 +205,10 @@ class DreamdataHandler(logging.Handler):
             self.close()
             return self._worker.buffer.empty
         return self._delivery.flush(timeout)
+
+    async def aflush(self, timeout: Optional[float] = None) -> bool:
+        """As :meth:`flush`, awaited without blocking the event loop (see ``dreamdata_logging.aflush``)."""
+        return await _aflush.flush_worker(self._worker, timeout)
 
     def close(self) -> None:
         """Deliver what is queued within ``shutdown_timeout``, then stop. Safe to call twice.

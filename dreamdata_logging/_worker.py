@@ -86,14 +86,22 @@ class Worker:
         """Wait until every message accepted before the call is delivered or given up on."""
         if self.is_worker_thread():  # e.g. on_error calling flush(): waiting on ourselves never ends
             return self.buffer.empty
-        marked = self.buffer.request_flush()
+        marked = self.begin_flush(timeout)
         if marked is None:
             return True
         target, start = marked
+        return self.buffer.wait_finished(target, start, timeout)
+
+    def begin_flush(self, timeout: Optional[float]) -> Optional[tuple[int, int]]:
+        """Want every accepted message now and wake the thread: (target, finished at the start) to wait
+        for, or None when nothing is held. Where no thread can run, ships them inline first."""
+        marked = self.buffer.request_flush()
+        if marked is None:
+            return None
         if not self._thread_running():
             self._ship_inline(timeout)
         self._wake.set()
-        return self.buffer.wait_finished(target, start, timeout)
+        return marked
 
     def close(self, timeout: float, *, wait: bool = True) -> None:
         """Deliver what is held within ``timeout`` seconds, then stop. With ``wait=False``, only begin:
