@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
+from dreamdata_logging import _outage as outage_module
+from dreamdata_logging import _transport as transport_module
 from dreamdata_logging._refusals import MAX_ISOLATED
 from dreamdata_logging.tools.collector import Collector, Fault
 
 from .conftest import WRITE_KEY
-from .fault_servers import FaultServer, refuse_messages
+from .fault_servers import FaultServer, Request, refuse_messages, respond
 
 
 class Errors:
@@ -142,3 +148,49 @@ def test_a_rejected_write_key_is_not_split(status: int, collector: Collector) ->
         assert "write key was rejected" in str(error) and len(messages) == 10
     finally:
         handler.close()
+
+
+def test_spooled_events_refused_with_400_are_split_down_to_the_refused_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(transport_module, "BACKOFF_CAP", 0.05)
+    monkeypatch.setattr(outage_module, "SPOOL_RETRY_BASE", 0.05)
+    monkeypatch.setattr(outage_module, "SPOOL_RETRY_CAP", 0.2)
+    accepted: list[str] = []
+    poisoned: set[str] = set()
+    refuse = refuse_messages(poisoned, accepted)
+    down = threading.Event()
+    down.set()
+
+    def answer(request: Request, sock: socket.socket, stopping: threading.Event) -> bool:
+        if down.is_set():
+            return respond(503)(request, sock, stopping)
+        return refuse(request, sock, stopping)
+
+    with FaultServer(answer) as server:
+        errors = Errors()
+        handler = DreamdataHandler(
+            WRITE_KEY, endpoint=server.url, spool=tmp_path / "spool.sqlite3", max_retries=0, flush_interval=0.05,
+            on_error=errors,
+        )  # fmt: skip
+        try:
+            log = logger_with(handler)
+            ids = [str(uuid.uuid4()) for _ in range(200)]
+            poisoned.add(ids[77])
+            for n, message_id in enumerate(ids):
+                log.info("Refusal Test", extra=track(user_id=f"u{n}", message_id=message_id))
+            assert handler.flush(timeout=30) is False  # the endpoint is down: kept in the spool
+            assert handler.stats()["spool_written"] == 200
+            down.clear()  # back, but refusing any batch that holds the poisoned message
+            end = time.monotonic() + 30
+            while handler.stats()["spooled"] and time.monotonic() < end:
+                time.sleep(0.05)
+            stats = handler.stats()
+        finally:
+            handler.close()
+    assert sorted(accepted) == sorted(set(ids) - poisoned)
+    assert stats["spooled"] == 0 and stats["spool_delivered"] == 199 and stats["failed"] == 1
+    [(error, messages)] = errors.calls
+    assert isinstance(error, DeliveryError) and error.status == 400 and ids[77] in str(error)
+    assert [m["messageId"] for m in messages] == [ids[77]]
