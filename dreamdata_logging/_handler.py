@@ -93,15 +93,9 @@ class DreamdataHandler(logging.Handler):
         self.spool_max_bytes = options.as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
         self._spool = Spool(spool_path, self.spool_max_bytes) if spool_path else None
         limits = Limits(
-            self.flush_at,
-            self.flush_interval,
-            self.max_queue_size,
-            self.max_queue_bytes,
-            self.shutdown_timeout,
-            self.on_error,
-            self._transport.redactor.scrub,
-            block_on_full=self.block_on_full,
-        )
+            self.flush_at, self.flush_interval, self.max_queue_size, self.max_queue_bytes, self.shutdown_timeout,
+            self.on_error, self._transport.redactor.scrub, block_on_full=self.block_on_full,
+        )  # fmt: skip
         self._delivery = Delivery(self._transport, self._spool, limits)
         self._started()
 
