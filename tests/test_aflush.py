@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import uuid
+from typing import Any
 
 import dreamdata_logging
 from dreamdata_logging import DreamdataHandler, track
@@ -137,3 +138,36 @@ def test_aflush_with_nothing_queued_is_true(collector: Collector) -> None:
         assert asyncio.run(dreamdata_logging.aflush(timeout=1)) is True
     finally:
         handler.close()
+
+
+def test_the_asgi_middleware_awaits_delivery_at_lifespan_shutdown_without_blocking_the_loop() -> None:
+    """Another task of the server's loop opens the endpoint while the lifespan shutdown waits for delivery."""
+    from dreamdata_logging.asgi import DreamdataMiddleware
+
+    gate = threading.Event()
+    accepted: list[str] = []
+    with FaultServer(gated(gate, accepted)) as server:
+        handler = DreamdataHandler(WRITE_KEY, endpoint=server.url, flush_interval=60, shutdown_timeout=20)
+        try:
+            ids = log_events(logger_with(handler), 10)
+            incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+            sent: list[str] = []
+            arrived: list[int] = []  # events at the endpoint when each message was sent
+
+            async def receive() -> dict[str, str]:
+                return incoming.pop(0)
+
+            async def send(message: Any) -> None:
+                sent.append(message["type"])
+                arrived.append(len(accepted))
+
+            async def bare(scope: Any, receive: Any, send: Any) -> None:  # an app that ignores lifespan
+                return None
+
+            lifespan = DreamdataMiddleware(bare)({"type": "lifespan"}, receive, send)
+            asyncio.run(flush_while_ticking(lifespan, gate))
+        finally:
+            handler.close()
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert arrived[-1] == 10  # all delivered before shutdown completed (the gate opened by the ticker)
+    assert sorted(accepted) == sorted(ids)
