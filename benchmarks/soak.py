@@ -34,6 +34,8 @@ from dreamdata_logging import DreamdataHandler, track
 from dreamdata_logging.tools.collector import Collector, Fault
 
 KEY = "soak-key"
+#: Where every emitted event is, at a quiet point: emitted = the sum of these.
+ACCOUNTED = ("delivered", "failed", "dropped_queue_full", "dropped_closed", "queued", "spool_written", "unsent", "captured")
 FAULTS = [None, None, Fault(503), Fault(429, headers={"Retry-After": "0"}), Fault(drop=True), Fault(503, delay=0.3)]
 
 
@@ -181,8 +183,7 @@ class Soak:
         totals: Counter[str] = Counter()
         for stats in everyone:
             totals.update(stats)
-        unbalanced = [s for s in everyone if s["emitted"] != s["delivered"] + s["failed"] + s["dropped_queue_full"]
-                      + s["dropped_closed"] + s["queued"] + s["spool_written"] + s["unsent"] + s["captured"]]  # fmt: skip
+        unbalanced = [s for s in everyone if s["emitted"] != sum(s[k] for k in ACCOUNTED)]
         logged = self.logged + sum(child["logged"] for child in self.children)
         spooled = final[-1]["spooled"] if final else 0
         lost = totals["failed"] + totals["dropped_queue_full"] + totals["dropped_closed"] + totals["spool_dropped"]

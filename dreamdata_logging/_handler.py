@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from dreamdata_logging import _aflush
 from dreamdata_logging import _options as options
 from dreamdata_logging import testing as _testing
 from dreamdata_logging._shaping import BeforeSend, make_shaper
@@ -40,6 +41,7 @@ _NUMBERS: dict[str, tuple[Any, float]] = {  # name: (type, smallest value)
     "max_queue_size": (int, 1),
     "max_queue_bytes": (int, MAX_MESSAGE_BYTES),
     "shutdown_timeout": (float, 0),
+    "block_on_full": (float, 0),
 }
 
 
@@ -89,6 +91,7 @@ class DreamdataHandler(logging.Handler):
         spool: Union[None, str, os.PathLike[str]] = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         handle_sigterm: bool = True,
+        block_on_full: float = 0.0,
         level: Union[int, str] = logging.NOTSET,
         before_send: Optional[BeforeSend] = None,
         tracking_plan: Union[None, str, os.PathLike[str], TrackingPlan] = None,
@@ -104,6 +107,7 @@ class DreamdataHandler(logging.Handler):
             max_queue_size=_check("max_queue_size", max_queue_size),
             max_queue_bytes=_check("max_queue_bytes", max_queue_bytes),
             shutdown_timeout=_check("shutdown_timeout", shutdown_timeout),
+            block_on_full=_check("block_on_full", block_on_full),
         )
         self.send = options.as_bool("send", send)
         self.include_extra = options.as_bool("include_extra", include_extra)
@@ -149,6 +153,7 @@ class DreamdataHandler(logging.Handler):
     max_queue_size = _setting("max_queue_size", "events held in memory; past it new ones are dropped and counted")
     max_queue_bytes = _setting("max_queue_bytes", "bytes of events held in memory")
     shutdown_timeout = _setting("shutdown_timeout", "seconds close() and interpreter exit may spend delivering")
+    block_on_full = _setting("block_on_full", "seconds a caller may wait for room in a full queue (0: drop)")
 
     @property
     def on_error(self) -> Optional[OnError]:
@@ -284,6 +289,10 @@ class DreamdataHandler(logging.Handler):
             self.close()
             return self._worker.buffer.empty
         return self._delivery.flush(timeout)
+
+    async def aflush(self, timeout: Optional[float] = None) -> bool:
+        """As :meth:`flush`, awaited without blocking the event loop (see ``dreamdata_logging.aflush``)."""
+        return await _aflush.flush_worker(self._worker, timeout)
 
     def close(self) -> None:
         """Deliver what is queued within ``shutdown_timeout``, then stop. Safe to call twice.

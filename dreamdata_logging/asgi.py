@@ -13,9 +13,9 @@ Per HTTP request it binds (as :func:`dreamdata_logging.bind` does) the request's
 ``context.userAgent`` and ``context.page`` (``url``, ``path``, ``search``, ``referrer``), plus what
 ``identify(scope)`` returns: keywords of ``bind()`` (``user_id``, ``anonymous_id``, ``context``,
 ``integrations``) or None. ``identify`` may be a plain or an ``async`` function. A websocket connection
-gets ``context.ip``, ``context.userAgent`` and the identity (no ``page``). At lifespan shutdown it flushes
-every ``DreamdataHandler`` of the process, each within its ``shutdown_timeout``, before telling the server
-that shutdown is complete.
+gets ``context.ip``, ``context.userAgent`` and the identity (no ``page``). At lifespan shutdown it awaits
+:func:`dreamdata_logging.aflush` (every ``DreamdataHandler`` of the process, each within its ``shutdown_timeout``,
+without blocking the event loop) before telling the server that shutdown is complete.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import Any, Callable, Optional, Union
 
+from dreamdata_logging._aflush import aflush
 from dreamdata_logging._serverless import flush
 from dreamdata_logging.events.bind import bind
 
@@ -183,8 +184,8 @@ class DreamdataMiddleware:
             return
         state["flushed"] = True
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # another event loop library: flush in this thread
             flush()
             return
-        await loop.run_in_executor(None, flush)
+        await aflush()  # the loop goes on serving meanwhile

@@ -29,3 +29,12 @@ class DeliveryError(DreamdataError):
 
 class PayloadTooLargeError(DeliveryError):
     """The endpoint answered 413: the batch must be split."""
+
+
+class QueueFullError(DreamdataError):
+    """Events were dropped because the in-memory queue was full (the endpoint is down, or slower than the
+    events come). ``dropped`` is how many were dropped since the last such error."""
+
+    def __init__(self, message: str, *, dropped: int) -> None:
+        super().__init__(message)
+        self.dropped = dropped

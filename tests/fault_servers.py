@@ -14,6 +14,7 @@ Answers that write for long (trickles, endless bodies) stop when the client goes
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import ssl
@@ -260,5 +261,30 @@ def raw(data: bytes, keep_open: bool = False) -> Answer:
     def answer(request: Request, sock: socket.socket, stopping: threading.Event) -> bool:
         sock.sendall(data)
         return keep_open
+
+    return answer
+
+
+def refuse_messages(poisoned: set[str], accepted: list[str], delay: float = 0.0) -> Answer:
+    """400 for any batch holding a message whose messageId is in ``poisoned`` (naming it, as an endpoint that
+    validates each message does); otherwise 200, with the batch's messageIds appended to ``accepted``.
+    Each answer comes ``delay`` seconds after its request (a slow endpoint)."""
+
+    def answer(request: Request, sock: socket.socket, stopping: threading.Event) -> bool:
+        if delay and stopping.wait(delay):
+            return False
+        body = request.body
+        if request.headers.get("content-encoding") == "gzip":
+            body = zlib.decompress(body, 47)
+        ids = [message["messageId"] for message in json.loads(body)["batch"]]
+        bad = [message_id for message_id in ids if message_id in poisoned]
+        if bad:
+            reason = json.dumps({"error": f"message {bad[0]}: refused, 'event' is not allowed"}).encode()
+            sock.sendall(_head(400, {"Content-Length": str(len(reason)), "Content-Type": "application/json"}) + reason)
+            return True
+        accepted.extend(ids)
+        done = b'{"success": true}'
+        sock.sendall(_head(200, {"Content-Length": str(len(done)), "Content-Type": "application/json"}) + done)
+        return True
 
     return answer

@@ -12,7 +12,7 @@ from bisect import bisect_right
 from collections import deque
 from itertools import accumulate, count
 from operator import add
-from typing import Optional
+from typing import Callable, Optional
 
 #: What :meth:`Buffer.put` did with a message.
 ACCEPTED, READY, FULL, CLOSED = 0, 1, 2, 3
@@ -99,6 +99,34 @@ class Buffer:
                 return False
             self.sealed = True
             return True
+
+    def has_room(self, size: int) -> bool:
+        """A message of ``size`` bytes fits now (plain ints: read without the lock)."""
+        return self.held < self.max_events and self.held_bytes + size <= self.max_bytes
+
+    def put_waiting(self, data: bytes, timeout: float, full: Callable[[], None]) -> int:
+        """As :meth:`put`, but a message that does not fit first waits up to ``timeout`` seconds for room,
+        after ``full()`` (called once, with the lock held) asked the worker to send now. Only for callers
+        that may wait: not the worker, not with a lock the worker may need."""
+        if self.closed:
+            return CLOSED
+        ident = threading.get_ident()
+        inside = self._inside
+        if ident in inside:  # re-entered on this thread: never wait
+            return self.put(data)
+        inside.add(ident)  # a signal handler that logs while this waits leaves its message aside
+        try:
+            with self._changed:
+                size = len(data)
+                if not self.closed and not self.has_room(size):
+                    self._flush_upto = max(self._flush_upto, self.accepted)
+                    full()
+                    self._changed.wait_for(lambda: self.closed or self.has_room(size), timeout)
+                if self.closed:
+                    return CLOSED
+                return self._accept(data)
+        finally:
+            inside.discard(ident)
 
     def entered_here(self) -> bool:
         """True when this thread was interrupted inside put() or flush() (e.g. by a signal handler)."""

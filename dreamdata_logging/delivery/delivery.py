@@ -21,6 +21,7 @@ from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.delivery.buffer import CLOSED, Buffer
 from dreamdata_logging.delivery.deadlines import Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.full import FullQueue
 from dreamdata_logging.delivery.ledger import Ledger
 from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
 from dreamdata_logging.delivery.problems import OnError, Problems
@@ -50,6 +51,7 @@ class Settings:
     max_queue_size: int
     max_queue_bytes: int
     shutdown_timeout: float
+    block_on_full: float = 0.0  # seconds a caller may wait for room in a full queue
 
 
 #: Most times one event goes to a renewed worker because the one it found had just closed.
@@ -109,6 +111,8 @@ class Delivery:
             worker.buffer.max_events = int(value)
         elif name == "max_queue_bytes":
             worker.buffer.max_bytes = int(value)
+        elif name == "block_on_full" and worker.full is not None:
+            worker.full.block_on_full = float(value)
         # shutdown_timeout is read when closing
 
     def _new_worker(self) -> Worker:
@@ -126,7 +130,8 @@ class Delivery:
             body_room=BODY_ROOM,
         )
         self.ledger.attach(buffer)
-        return Worker(buffer, dispatcher, deadlines, flush_interval=settings.flush_interval, drain=drain)
+        full = FullQueue(buffer, self.problems, block_on_full=settings.block_on_full)
+        return Worker(buffer, dispatcher, deadlines, flush_interval=settings.flush_interval, drain=drain, full=full)
 
     # -- the process this runs in ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Decides one batch's fate: send it, halve it on a 413, keep it in the spool, or give it up.
+"""Decides one batch's fate: send it, halve it on a 413 or a 400, keep it in the spool, or give it up.
 
 The one owner of that decision. It knows the transport as a small protocol (``send(batch, deadline=,
 cancel=)`` raising :class:`DeliveryError`), so it can be tested with any object that has that method.
@@ -13,6 +13,7 @@ from dreamdata_logging.delivery import outage
 from dreamdata_logging.delivery.deadlines import Budget, Deadlines, set_unless_busy
 from dreamdata_logging.delivery.outage import OutageState
 from dreamdata_logging.delivery.problems import Problems, safe_text
+from dreamdata_logging.delivery.refusals import Splits, refused_for_its_messages
 from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
 from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
 from dreamdata_logging.wire.rules import Batch
@@ -63,8 +64,9 @@ class Dispatcher:
 
     # -- live batches ---------------------------------------------------------------------------
 
-    def deliver(self, items: list[bytes], size: int) -> bool:
-        """Send one batch; True when the endpoint took it all."""
+    def deliver(self, items: list[bytes], size: int, splits: Optional[Splits] = None) -> bool:
+        """Send one batch; True when the endpoint took it all. A batch refused for some of its messages
+        (400) is split until they are alone, within ``splits`` (see ``_refusals``)."""
         if self._spool is not None and self.outage.active:
             return self._not_delivered(items, OUTAGE)  # the endpoint is failing: straight to the spool
         spooling = self._spool is not None
@@ -79,10 +81,13 @@ class Dispatcher:
         except PayloadTooLargeError as error:
             if len(items) <= 1:
                 return self._not_delivered(items, error)
-            half = len(items) // 2  # the endpoint's limit is lower than ours: halve and resend
-            first = self.deliver(items[:half], sum(map(len, items[:half])))
-            return self.deliver(items[half:], sum(map(len, items[half:]))) and first
+            return self._halves(items, splits)  # the endpoint's limit is lower than ours: halve and resend
         except DeliveryError as error:
+            if refused_for_its_messages(error) and len(items) > 1:
+                splits = splits or Splits(len(items))
+                if splits.take():
+                    return self._halves(items, splits)
+                error = splits.spent(error, len(items))
             return self._not_delivered(items, error)
         except Exception as error:  # a bug or an unexpected library error must not kill the thread
             return self._not_delivered(items, self._unexpected(error))
@@ -90,6 +95,11 @@ class Dispatcher:
         self._ledger.add("batches")
         self.outage.recovered()
         return True
+
+    def _halves(self, items: list[bytes], splits: Optional[Splits]) -> bool:
+        half = len(items) // 2
+        first = self.deliver(items[:half], sum(map(len, items[:half])), splits)
+        return self.deliver(items[half:], sum(map(len, items[half:])), splits) and first
 
     def _not_delivered(self, items: list[bytes], error: DeliveryError) -> bool:
         spool = self._spool
@@ -136,8 +146,8 @@ class Dispatcher:
     def _claim_failed(self, claim: Claim, error: DeliveryError, budget: Budget) -> str:
         if budget.stopped and self._spilling:
             return "release"  # live events are piling up: they go first; this claim waits its turn
-        if isinstance(error, PayloadTooLargeError) and len(claim) > 1:
-            return "too large"
+        if (isinstance(error, PayloadTooLargeError) or refused_for_its_messages(error)) and len(claim) > 1:
+            return "too large"  # smaller claims, down to one message: a refused one alone is dropped
         if worth_spooling(error) or not error.status:
             self.outage.failed()
             return "release"

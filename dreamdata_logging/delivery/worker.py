@@ -13,9 +13,10 @@ import time
 from typing import Optional
 
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import READY, Buffer
+from dreamdata_logging.delivery.buffer import FULL, READY, Buffer
 from dreamdata_logging.delivery.deadlines import Deadlines, set_unless_busy
 from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.full import FullQueue
 from dreamdata_logging.delivery.outage import SpoolDrain
 
 #: Seconds ``close()`` waits beyond its deadline for the thread's last request to end.
@@ -33,12 +34,14 @@ class Worker:
         *,
         flush_interval: float,
         drain: Optional[SpoolDrain] = None,
+        full: Optional[FullQueue] = None,
     ) -> None:
         self.buffer = buffer
         self.dispatcher = dispatcher
         self._deadlines = deadlines
         self.flush_interval = flush_interval
         self._drain = drain
+        self.full = full
         self.pid = os.getpid()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
@@ -48,8 +51,15 @@ class Worker:
     # -- the callers' side ----------------------------------------------------------------------
 
     def put(self, data: bytes) -> int:
-        """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network."""
-        status = self.buffer.put(data)
+        """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network, except
+        up to ``block_on_full`` seconds for room when the queue is full and this caller may wait."""
+        full = self.full
+        if full is not None and full.block_on_full > 0 and self._may_wait():
+            status = self.buffer.put_waiting(data, full.block_on_full, self._send_now)
+        else:
+            status = self.buffer.put(data)
+        if status == FULL and full is not None:
+            full.dropped(data)
         if self._thread is None:
             self.start()
         if status == READY and not self._wake.is_set() and not self.buffer.entered_here():
@@ -58,18 +68,38 @@ class Worker:
             self.dispatcher.spill()  # the endpoint is slow to take a batch: spool rather than drop
         return status
 
+    def _may_wait(self) -> bool:
+        """Not the worker, not a re-entered call, not with logging's lock held, not while exiting or closing,
+        and not once the thread has ended (a thread being started counts: it will make room)."""
+        thread = self._thread
+        return not (
+            self.is_worker_thread() or self.buffer.entered_here() or self.closing or lifecycle.exiting()
+            or lifecycle.logging_lock_held() or (thread is not None and not thread.is_alive())
+        )
+
+    def _send_now(self) -> None:
+        set_unless_busy(self._wake)  # the queue is full: the caller waits for the room this makes
+
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every message accepted before the call is delivered or given up on."""
         if self.is_worker_thread():  # e.g. on_error calling flush(): waiting on ourselves never ends
             return self.buffer.empty
-        marked = self.buffer.request_flush()
+        marked = self.begin_flush(timeout)
         if marked is None:
             return True
         target, start = marked
+        return self.buffer.wait_finished(target, start, timeout)
+
+    def begin_flush(self, timeout: Optional[float]) -> Optional[tuple[int, int]]:
+        """Want every accepted message now and wake the thread: (target, finished at the start) to wait
+        for, or None when nothing is held. Where no thread can run, ships them inline first."""
+        marked = self.buffer.request_flush()
+        if marked is None:
+            return None
         if not self._thread_running():
             self._ship_inline(timeout)
         self._wake.set()
-        return self.buffer.wait_finished(target, start, timeout)
+        return marked
 
     def close(self, timeout: float, *, wait: bool = True) -> None:
         """Deliver what is held within ``timeout`` seconds, then stop. With ``wait=False``, only begin:
@@ -157,6 +187,8 @@ class Worker:
         """Send batches while there is a full one (or any, when forced). False once closing and empty."""
         buffer = self.buffer
         while True:
+            if self.full is not None:
+                self.full.hand_over(self.closing)  # events dropped while the queue was full, to on_error
             batch = buffer.next_batch(force or self.closing)
             if batch is None:  # closing and nothing left (sealed: nothing can enter now): stop
                 return not (self.closing and buffer.seal())
