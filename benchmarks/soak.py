@@ -35,7 +35,9 @@ from dreamdata_logging.tools.collector import Collector, Fault
 
 KEY = "soak-key"
 #: Where every emitted event is, at a quiet point: emitted = the sum of these.
-ACCOUNTED = ("delivered", "failed", "dropped_queue_full", "dropped_closed", "queued", "spool_written", "unsent", "captured")
+ACCOUNTED = (
+    "delivered", "failed", "dropped_queue_full", "dropped_closed", "queued", "spool_written", "unsent", "captured",
+)  # fmt: skip
 FAULTS = [None, None, Fault(503), Fault(429, headers={"Retry-After": "0"}), Fault(drop=True), Fault(503, delay=0.3)]
 
 
