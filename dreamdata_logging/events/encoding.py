@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import decimal
+import importlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from dreamdata_logging.errors import InvalidEventError
 _orjson: Any = None
 if not os.environ.get("DREAMDATA_LOGGING_NO_ORJSON"):
     try:  # the optional accelerator: pip install "dreamdata-logging[fast]"
-        import orjson as _orjson
+        _orjson = importlib.import_module("orjson")
     except ImportError:  # pragma: no cover - depends on the environment
         _orjson = None
 
