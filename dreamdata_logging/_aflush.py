@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 from dreamdata_logging.delivery import lifecycle
 
 if TYPE_CHECKING:
+    from dreamdata_logging.delivery.delivery import Delivery
     from dreamdata_logging.delivery.worker import Worker
 
 FIRST_POLL = 0.001
@@ -64,3 +65,28 @@ async def flush_worker(worker: Worker, timeout: Optional[float]) -> bool:
         pause = min(pause * 2, LAST_POLL)
     return buffer.wait_finished(target, start, 0)  # finished: True unless some were given up on
 
+
+
+async def flush_delivery(delivery: Delivery, timeout: Optional[float]) -> bool:
+    """As ``Delivery.flush``, awaited: every worker still holding events, then the spool (see its docs)."""
+    workers = delivery.workers()
+    if not workers:
+        return True
+    deadline = None if timeout is None else time.monotonic() + timeout
+    lost = delivery.lost()
+    delivered = True
+    for worker in workers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        delivered = await flush_worker(worker, left) and delivered
+    if delivery.spool is None or lifecycle.logging_lock_held():
+        return delivered
+    outcome, failures = delivery.kick_spool()
+    pause = FIRST_POLL
+    while outcome is None:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        await asyncio.sleep(pause if left is None else min(pause, left))
+        pause = min(pause * 2, LAST_POLL)
+        outcome = delivery.spool_outcome(failures)
+    return outcome and (delivered or delivery.lost() == lost)

@@ -292,7 +292,7 @@ class DreamdataHandler(logging.Handler):
 
     async def aflush(self, timeout: Optional[float] = None) -> bool:
         """As :meth:`flush`, awaited without blocking the event loop (see ``dreamdata_logging.aflush``)."""
-        return await _aflush.flush_worker(self._worker, timeout)
+        return await _aflush.flush_delivery(self._delivery, timeout)
 
     def close(self) -> None:
         """Deliver what is queued within ``shutdown_timeout``, then stop. Safe to call twice.

@@ -155,3 +155,17 @@ def test_settings_changed_after_construction_take_effect(collector, make_handler
     assert time.monotonic() - started < 0.2 + 1.5  # the new shutdown_timeout, not 30 s
     stats = handler.stats()
     assert stats["dropped_queue_full"] == 2 and ledger_adds_up(stats)
+
+
+def test_aflush_waits_for_the_spool_too(collector, make_handler, make_logger, tmp_path: Path, quick_backoff) -> None:
+    import asyncio
+
+    handler = make_handler(spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=0, timeout=2)
+    log = make_logger(handler)
+    collector.set_down(Fault(503))
+    logged = log_numbered(log, 50, "async")
+    assert not asyncio.run(handler.aflush(20))  # spooled is not delivered
+    collector.set_down(None)
+    assert asyncio.run(handler.aflush(60))
+    received = Counter(m["messageId"] for m in collector.received())
+    assert sorted(received) == sorted(logged) and handler.stats()["spooled"] == 0

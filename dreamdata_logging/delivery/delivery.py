@@ -72,11 +72,8 @@ class Delivery:
         on_error: Optional[OnError],
         scrub: Callable[[str], str],
     ) -> None:
-        self.transport = transport
-        self.spool = spool
-        self.settings = settings
-        self._on_error = on_error
-        self._scrub = scrub
+        self.transport, self.spool, self.settings = transport, spool, settings
+        self._on_error, self._scrub = on_error, scrub
         self.renewed = False
         self._renew_lock = threading.RLock()  # re-entrant: a signal handler may log while its thread renews
         self._start_process()
@@ -192,7 +189,7 @@ class Delivery:
         """An event logged in a uWSGI master (say, at import): it cannot be delivered from there."""
         self.problems.failed([data], _IN_UWSGI_MASTER)
 
-    def _workers(self) -> list[Worker]:
+    def workers(self) -> list[Worker]:
         """This process's workers that may hold events: those still finishing, then the current one."""
         if self.worker.pid != os.getpid():
             return []
@@ -202,13 +199,13 @@ class Delivery:
 
     def flush(self, timeout: Optional[float]) -> bool:
         """True when every event emitted before the call was delivered (one kept in the spool was not)."""
-        workers = self._workers()
+        workers = self.workers()
         if not workers:
             return True  # nothing of this process's: that worker is the parent's
         if lifecycle.logging_lock_held():  # inside dictConfig: the worker may need logging's lock
             return all(worker.buffer.empty for worker in workers) and not self._spool_rows()
         deadline = None if timeout is None else time.monotonic() + timeout
-        lost = self._lost()
+        lost = self.lost()
         delivered = True
         for worker in workers:
             if not worker.buffer.idle:
@@ -216,9 +213,10 @@ class Delivery:
         if self.spool is None:
             return delivered
         # Batches that went to the spool (an outage) are delivered once it drains, if none was lost meanwhile.
-        return self._drain_spool(deadline) and (delivered or self._lost() == lost)
+        return self._drain_spool(deadline) and (delivered or self.lost() == lost)
 
-    def _lost(self) -> int:
+    def lost(self) -> int:
+        """Events given up on or dropped so far (a flush that saw this grow did not deliver everything)."""
         ledger = self.ledger
         return ledger.failed + ledger.dropped_queue_full + ledger.dropped_closed + ledger.spool_dropped
 
@@ -232,23 +230,35 @@ class Delivery:
 
     def _drain_spool(self, deadline: Optional[float]) -> bool:
         """Wait for the spool to empty: True once it has; False when the endpoint still fails, or on time."""
-        if not self._spool_rows():
-            return True
-        worker = self.worker
-        if worker.closing or self.forking_master or worker.is_worker_thread():
-            return False  # nothing here drains it now
-        failures = self.outage.failures
-        self.outage.due = 0.0  # look now: a probe if in an outage, else a drain
-        worker.wake()
-        while True:
-            if not self._spool_rows():
-                return True
-            if self.outage.failures != failures or worker.closing:
-                return False  # the probe failed: the endpoint is still down
+        outcome, failures = self.kick_spool()
+        while outcome is None:
             left = _remaining(deadline)
             if left is not None and left <= 0:
                 return False
             time.sleep(SPOOL_FLUSH_POLL if left is None else min(SPOOL_FLUSH_POLL, left))
+            outcome = self.spool_outcome(failures)
+        return outcome
+
+    def kick_spool(self) -> tuple[Optional[bool], int]:
+        """Have the worker look at the spool now: (True: it is empty | False: nothing here drains it now |
+        None: wait and ask :meth:`spool_outcome`, the outage's failures at the kick)."""
+        if not self._spool_rows():
+            return True, 0
+        worker = self.worker
+        if worker.closing or self.forking_master or worker.is_worker_thread():
+            return False, 0
+        failures = self.outage.failures
+        self.outage.due = 0.0  # look now: a probe if in an outage, else a drain
+        worker.wake()
+        return None, failures
+
+    def spool_outcome(self, failures: int) -> Optional[bool]:
+        """True: the spool is empty; False: a probe failed since the kick, or the handler closed; None: not yet."""
+        if not self._spool_rows():
+            return True
+        if self.outage.failures != failures or self.worker.closing:
+            return False
+        return None
 
     def close(self) -> None:
         """Deliver what is held within ``shutdown_timeout``; with logging's lock held, only begin."""
@@ -258,7 +268,7 @@ class Delivery:
             return
         if worker.closing:  # closed before (inside dictConfig, say): wait for that close to end, now we may
             if wait:
-                for closing in self._workers():
+                for closing in self.workers():
                     closing.join()
             return
         ledger = self.ledger
@@ -271,11 +281,11 @@ class Delivery:
 
     def begin_shutdown(self) -> None:
         """Ask this process's workers to deliver and stop, taking no lock (safe in a signal handler)."""
-        for worker in self._workers():
+        for worker in self.workers():
             worker.close(self.settings.shutdown_timeout, wait=False)
 
     def finish_shutdown(self) -> None:
-        for worker in self._workers():
+        for worker in self.workers():
             worker.join()
 
     def _tell_undelivered(self, undelivered: int, spooled: int) -> None:

@@ -47,21 +47,24 @@ class Ledger:
     """Counts every outcome once. Additions take a re-entrant lock (a signal handler may interrupt an
     addition on its own thread); reads are plain."""
 
+    skipped: int
+    invalid: int
+    filtered: int
+    plan_violations: int
+    unsent: int
+    captured: int
+    dropped_closed: int
+    delivered: int
+    failed: int
+    batches: int
+    spool_written: int
+    spool_delivered: int
+    spool_dropped: int
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self.skipped = 0
-        self.invalid = 0
-        self.filtered = 0
-        self.plan_violations = 0
-        self.unsent = 0
-        self.captured = 0
-        self.dropped_closed = 0
-        self.delivered = 0
-        self.failed = 0
-        self.batches = 0
-        self.spool_written = 0
-        self.spool_delivered = 0
-        self.spool_dropped = 0
+        for name in OUTCOMES:
+            setattr(self, name, 0)
         # Buffers this handler has used in this process and that may still change; finished ones are folded in.
         self._buffers: list[Buffer] = []
         self._folded_accepted = 0
