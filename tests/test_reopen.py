@@ -169,3 +169,45 @@ def test_aflush_waits_for_the_spool_too(collector, make_handler, make_logger, tm
     assert asyncio.run(handler.aflush(60))
     received = Counter(m["messageId"] for m in collector.received())
     assert sorted(received) == sorted(logged) and handler.stats()["spooled"] == 0
+
+
+def test_forks_while_the_spool_is_busy_never_leave_a_child_hung(collector, make_handler, tmp_path: Path) -> None:
+    """A child forked while a thread of the parent is inside SQLite must not hang on its first SQLite call."""
+    import os
+
+    handler = make_handler(spool=str(tmp_path / "spool.sqlite"), flush_interval=0.01, max_retries=0, timeout=1)
+    busy = threading.Event()
+    busy.set()
+
+    def hammer() -> None:  # the spool in use all the time: every stats() reads it
+        while busy.is_set():
+            handler.stats()
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    children = []
+    try:
+        for _ in range(100):
+            pid = os.fork()
+            if pid == 0:  # the child reads the spool at once (stats) and ends
+                try:
+                    handler.stats()
+                finally:
+                    os._exit(0)
+            children.append(pid)
+    finally:
+        busy.clear()
+        thread.join(10)
+    deadline = time.monotonic() + 30
+    waiting = set(children)
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert status == 0
+                waiting.discard(pid)
+        time.sleep(0.01)
+    for pid in waiting:  # hung: end them, then fail
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert not waiting, f"{len(waiting)} of {len(children)} children hung"

@@ -21,6 +21,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
+from dreamdata_logging.spool import fork_guard
 from dreamdata_logging.wire.rules import reseed_ids
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def in_new_process() -> None:
     """Called in a process that is not the one where the handlers were made (by the fork hook, or by a
     handler that noticed the process id change): each handler starts clean; children's ends are hooked."""
     reseed_ids()  # the fork hook does this too; uWSGI's fork in C runs no hooks
+    fork_guard.renew_in_child()  # before any spool is touched here (its own fork hook may run after this one)
     for handler in handlers():
         handler.start_fresh_if_forked()
     _hook_child_exit()

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Callable, Optional, TypeVar, Union
 
 from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging.spool import fork_guard
 from dreamdata_logging.spool.file import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -227,7 +228,7 @@ class Spool:
         self._file.set_aside()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, fork_guard.guard():
             self._file.close()
 
     # -- inside --
@@ -257,7 +258,11 @@ class Spool:
 
     def _run(self, operation: Callable[[sqlite3.Connection], T], retry_on_fresh: bool = False) -> T:
         """Run one operation on this process's connection; a corrupt file is moved aside and replaced."""
-        with self._lock:
+        if not fork_guard.usable_here():
+            raise SpoolUnavailable(
+                "this process was forked while its parent was using the spool file: SQLite cannot be used here"
+            )
+        with self._lock, fork_guard.guard():
             for attempt in (1, 2):
                 try:
                     return operation(self._file.connection())
