@@ -21,6 +21,7 @@ import logging
 import logging.config
 import os
 import random
+import select
 import sys
 import tempfile
 import threading
@@ -124,14 +125,23 @@ class Soak:
             os.write(write_end, json.dumps([h.stats() for h in current]).encode())
             os._exit(0)
         os.close(write_end)
-        data = b""
-        while True:
+        data, deadline = b"", time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
             chunk = os.read(read_end, 65536)
             if not chunk:
                 break
             data += chunk
         os.close(read_end)
-        _, status = os.waitpid(pid, 0)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:  # hung (or very slow): end it, and say so in the result
+            time.sleep(1.0)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                status = -1
         self.children.append({"status": status, "stats": json.loads(data) if data else [], "logged": 5})
 
     def step(self) -> None:
@@ -198,6 +208,7 @@ class Soak:
             "lost_counted": lost, "spooled_at_end": spooled, "unbalanced_ledgers": len(unbalanced),
             "uncounted": logged - len(arrived) - lost - spooled, "flushed": flushed,
             "handlers": len(everyone), "children": len(self.children),
+            "children_failed": sum(1 for child in self.children if child["status"] != 0),
             "rss_first_quarter_mib": round(max(rss[:quarter]) / 2**20, 1) if rss else None,
             "rss_last_quarter_mib": round(max(rss[-quarter:]) / 2**20, 1) if rss else None,
             "rss_samples": self.samples,
@@ -218,6 +229,7 @@ def main() -> int:
     summary = {k: v for k, v in result.items() if k != "rss_samples"}
     print(json.dumps(summary, indent=1))
     good = not result["twice"] and not result["unbalanced_ledgers"] and not result["uncounted"]
+    good = good and not result["children_failed"]
     good = good and result["arrived"] == result["delivered_per_ledgers"]
     print("soak:", "every event counted once" if good else "FAILED", file=sys.stderr)
     return 0 if good else 1
