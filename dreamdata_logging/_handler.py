@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 from dreamdata_logging import _aflush
 from dreamdata_logging import _options as options
 from dreamdata_logging import testing as _testing
+from dreamdata_logging._diagnostics import Report
 from dreamdata_logging._shaping import BeforeSend, make_shaper
 from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.delivery.buffer import CLOSED, FULL
@@ -140,7 +141,7 @@ class DreamdataHandler(logging.Handler):
         lifecycle.register(self)
         no_threads = lifecycle.threads_unavailable()
         if no_threads is not None and self.send:
-            self._delivery.report("no_threads", no_threads, logging.ERROR)
+            self._delivery.report(Report.NO_THREADS, no_threads, logging.ERROR)
         if self._handle_sigterm:
             lifecycle.install_sigterm()
         if self.send:
@@ -268,14 +269,14 @@ class DreamdataHandler(logging.Handler):
             delivery.refuse_in_forking_master(data)
             return
         status = delivery.put(data, worker)
-        if status == FULL:
+        if status is FULL:
             delivery.report(
-                "queue_full",
+                Report.QUEUE_FULL,
                 f"queue full ({self.max_queue_size:,} events or {self.max_queue_bytes:,} bytes): "
                 "new events are dropped until it drains (is the endpoint down or slow?)",
             )
-        elif status == CLOSED:
-            delivery.report("closed", "an event was emitted after the handler was closed; it was dropped")
+        elif status is CLOSED:
+            delivery.report(Report.CLOSED, "an event was emitted after the handler was closed; it was dropped")
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
         """Wait until every event emitted before the call is delivered or given up on.

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from dreamdata_logging._diagnostics import Report
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import CLOSED, Buffer
+from dreamdata_logging.delivery.buffer import CLOSED, Buffer, Put
 from dreamdata_logging.delivery.deadlines import Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
 from dreamdata_logging.delivery.full import FullQueue
@@ -165,11 +166,11 @@ class Delivery:
                 self.resume_spool()
             return self.worker
 
-    def put(self, data: bytes, worker: Worker) -> int:
+    def put(self, data: bytes, worker: Worker) -> Put:
         """Queue one message; a worker that closed meanwhile hands it to the renewed one (not at exit)."""
         for _ in range(MAX_REOPENS_PER_EVENT):
             status = worker.put(data)
-            if status != CLOSED:
+            if status is not CLOSED:
                 return status
             if lifecycle.exiting():
                 break
@@ -298,8 +299,8 @@ class Delivery:
         except Exception:  # stderr may be closed during exit
             pass
 
-    def report(self, kind: str, text: str, level: int = logging.WARNING) -> None:
-        self.problems.report(kind, text, level)
+    def report(self, kind: Report, text: str, level: int = logging.WARNING, detail: str = "") -> None:
+        self.problems.report(kind, text, level, detail)
 
     # -- counts ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ strands them for seconds, not minutes.
 
 from __future__ import annotations
 
+import enum
 import random
 import time
 from typing import Callable
@@ -61,8 +62,17 @@ class OutageState:
         self.due = time.monotonic() + SPOOL_POLL_INTERVAL
 
 
-#: What sends one claim: (claim, seconds the send may take, single attempt?) -> "delivered" | "release" | "drop".
-SendClaim = Callable[[Claim, float, bool], str]
+class ClaimOutcome(enum.Enum):
+    """What became of one send of spooled rows, and so what the drain does with them."""
+
+    DELIVERED = "delivered"  # the endpoint took them: acknowledge (delete) the rows, go on draining
+    TOO_LARGE = "too large"  # refused for its size or for some of its messages: give back, claim fewer, go on
+    REFUSED = "refused"  # one message the endpoint refuses for good: delete it, go on draining
+    NOT_NOW = "not now"  # the endpoint fails, or live events wait: give the rows back and stop for now
+
+
+#: What sends one claim: (claim, seconds the send may take, single attempt?) -> its outcome.
+SendClaim = Callable[[Claim, float, bool], ClaimOutcome]
 
 
 class SpoolDrain:
@@ -100,21 +110,21 @@ class SpoolDrain:
             if not self._settle(claim, outcome):
                 return
 
-    def _settle(self, claim: Claim, outcome: str) -> bool:
-        """Ack, release or drop the claim's rows; True to go on draining."""
+    def _settle(self, claim: Claim, outcome: ClaimOutcome) -> bool:
+        """Ack, release or discard the claim's rows; True to go on draining."""
         try:
-            if outcome == "delivered":
+            if outcome is ClaimOutcome.DELIVERED:
                 self._spool.ack(claim)
                 self._claim_limit = self._flush_at
                 return True
-            if outcome == "too large" and len(claim) > 1:
+            if outcome is ClaimOutcome.TOO_LARGE and len(claim) > 1:
                 self._spool.release(claim)  # the endpoint's limit is lower than ours: smaller claims
                 self._claim_limit = max(1, len(claim) // 2)
                 return True
-            if outcome == "drop":
+            if outcome is ClaimOutcome.REFUSED:
                 self._spool.discard(claim)  # refused as invalid: sending them again would fail again
                 return True
             self._spool.release(claim)
         except SpoolUnavailable:  # the rows stay leased until the lease runs out, then go again
-            return outcome == "delivered"
+            return outcome is ClaimOutcome.DELIVERED
         return False
