@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from dreamdata_logging import _options as options
-from dreamdata_logging import testing as _testing
 from dreamdata_logging._diagnostics import Report
 from dreamdata_logging.delivery.problems import safe_text
 from dreamdata_logging.errors import InvalidEventError
@@ -111,8 +110,7 @@ class Shaper:
     def violated(self, violation: Violation) -> None:
         delivery = self._delivery
         delivery.ledger.add("plan_violations")
-        if _testing.active:
-            _testing.feed_violation(violation)
+        delivery.sink.violation(violation)  # a test's capture collects it
         outcome = "dropped" if self.drop else "sent anyway"
         text = f"event does not follow the tracking plan ({outcome}): {violation}"
         delivery.report(Report.PLAN_VIOLATION, text, detail=self._detail(violation.kind))

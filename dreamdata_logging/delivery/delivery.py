@@ -26,6 +26,7 @@ from dreamdata_logging.delivery.full import FullQueue
 from dreamdata_logging.delivery.ledger import Ledger
 from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
 from dreamdata_logging.delivery.problems import OnError, Problems
+from dreamdata_logging.delivery.sink import QueueSink, Sink
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError
 from dreamdata_logging.spool.spool import Spool, SpoolUnavailable
@@ -79,6 +80,9 @@ class Delivery:
         self._on_error = on_error
         self._scrub = scrub
         self.renewed = False
+        #: The default sink: this delivery's queue. ``sink`` is where built messages go (a test's capture swaps it).
+        self.queue = QueueSink(self)
+        self.sink: Sink = self.queue
         self._renew_lock = threading.RLock()  # re-entrant: a signal handler may log while its thread renews
         self._start_process()
 
