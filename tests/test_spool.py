@@ -1,7 +1,8 @@
 """The durable spool: nothing lost across outages and restarts (against the real collector).
 
 Processes run as subprocesses with hard timeouts; tests synchronise on flush(), collector.wait_for()
-and the subprocesses' exit, never on sleeps. Retry constants are shrunk (monkeypatch) for speed.
+and the subprocesses' exit, never on sleeps. Every handler retries and spools on shortened timings, given to
+its transport and delivery (``handler_timings``, and the scenario script's own) for speed.
 """
 
 from __future__ import annotations
@@ -14,32 +15,30 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
 from dreamdata_logging import DreamdataHandler, track
-from dreamdata_logging.delivery import outage as worker
 from dreamdata_logging.spool.spool import Spool
 from dreamdata_logging.tools.collector import Fault
-from dreamdata_logging.transport import transport
+from dreamdata_logging.transport.transport import Backoff
 from dreamdata_logging.wire.rules import new_message_id, now_timestamp
 
 from .conftest import WRITE_KEY
+from .scenarios.timings import QUICK_BACKOFF, QUICK_SPOOL
 
 SCENARIO = Path(__file__).parent / "scenarios" / "spool_process.py"
 DOWN = Fault(status=503)
 HARD_TIMEOUT = 60  # seconds any subprocess may take before the test fails
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(transport, "BACKOFF_CAP", 0.05)
-    monkeypatch.setattr(worker, "SPOOL_AFTER", 1.0)
-    monkeypatch.setattr(worker, "SPOOL_RETRY_BASE", 0.05)
-    monkeypatch.setattr(worker, "SPOOL_RETRY_CAP", 0.2)
+@pytest.fixture
+def handler_timings() -> dict[str, Any]:
+    """Every handler made by ``make_handler`` here retries within milliseconds and spools after a second."""
+    return {"backoff": QUICK_BACKOFF, "spool_timing": QUICK_SPOOL}
 
 
 def env() -> dict[str, str]:
@@ -146,15 +145,20 @@ def test_outage_during_emission_then_recovery_delivers_every_event(tmp_path, col
 
 
 def test_queue_past_high_water_during_an_outage_goes_to_the_spool_not_dropped(
-    tmp_path, collector, make_handler, make_logger, monkeypatch
+    tmp_path, collector, make_handler, make_logger
 ):
     # Without the high-water rule the first batch would retry for the whole retry budget (120 s; the
     # flush below would time out) while the queue filled and dropped events.
-    monkeypatch.setattr(worker, "SPOOL_AFTER", 3600.0)
-    monkeypatch.setattr(transport, "BACKOFF_BASE", 0.2)
-    monkeypatch.setattr(transport, "BACKOFF_CAP", 0.5)
     spool = tmp_path / "events.sqlite3"
-    handler = make_handler(spool=spool, max_queue_size=1000, flush_at=100, max_retries=1000, flush_interval=0.05)
+    handler = make_handler(
+        spool=spool,
+        max_queue_size=1000,
+        flush_at=100,
+        max_retries=1000,
+        flush_interval=0.05,
+        backoff=Backoff(base=0.2, cap=0.5),
+        spool_timing=replace(QUICK_SPOOL, after=3600.0),
+    )
     log = make_logger(handler)
     collector.set_down(DOWN)
     for n in range(700):  # past half of max_queue_size, below the bound
@@ -303,11 +307,8 @@ def test_spool_claims_never_overlap_between_processes(tmp_path):
 # -- bounds ---------------------------------------------------------------------------------------------
 
 
-def test_spool_full_drops_the_oldest_events_and_counts_them(
-    tmp_path, collector, make_handler, make_logger, monkeypatch
-):
-    monkeypatch.setattr(worker, "SPOOL_RETRY_BASE", 3600.0)  # no probe (which leases rows) while filling
-    monkeypatch.setattr(worker, "SPOOL_RETRY_CAP", 3600.0)
+def test_spool_full_drops_the_oldest_events_and_counts_them(tmp_path, collector, make_handler, make_logger):
+    no_probe = replace(QUICK_SPOOL, retry_base=3600.0, retry_cap=3600.0)  # no probe (it leases rows) while filling
     spool = tmp_path / "events.sqlite3"
     dropped: list[dict[str, Any]] = []
     handler = make_handler(
@@ -317,6 +318,7 @@ def test_spool_full_drops_the_oldest_events_and_counts_them(
         flush_at=20,
         flush_interval=0.05,
         on_error=lambda error, messages: dropped.extend(messages),
+        spool_timing=no_probe,
     )
     log = make_logger(handler)
     collector.set_down(DOWN)
@@ -337,7 +339,7 @@ def test_spool_full_drops_the_oldest_events_and_counts_them(
     handler.close()
 
     collector.set_down(None)  # a new handler (as after a restart) sends what was kept
-    handler2 = make_handler(spool=spool)
+    handler2 = make_handler(spool=spool, spool_timing=no_probe)
     assert collector.wait_for(len(kept), timeout=30)
     assert [m["properties"]["n"] for m in collector.received()] == [m["properties"]["n"] for m in kept]
     handler2.close()

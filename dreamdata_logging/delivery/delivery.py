@@ -24,7 +24,7 @@ from dreamdata_logging.delivery.deadlines import Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
 from dreamdata_logging.delivery.full import FullQueue
 from dreamdata_logging.delivery.ledger import Ledger
-from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
+from dreamdata_logging.delivery.outage import DEFAULT_SPOOL_TIMING, OutageState, SpoolDrain, SpoolTiming
 from dreamdata_logging.delivery.problems import OnError, Problems
 from dreamdata_logging.delivery.sink import QueueSink, Sink
 from dreamdata_logging.delivery.worker import Worker
@@ -73,12 +73,14 @@ class Delivery:
         *,
         on_error: Optional[OnError],
         scrub: Callable[[str], str],
+        spool_timing: SpoolTiming = DEFAULT_SPOOL_TIMING,
     ) -> None:
         self.transport = transport
         self.spool = spool
         self.settings = settings
         self._on_error = on_error
         self._scrub = scrub
+        self._spool_timing = spool_timing
         self.renewed = False
         #: The default sink: this delivery's queue. ``sink`` is where built messages go (a test's capture swaps it).
         self.queue = QueueSink(self)
@@ -90,7 +92,7 @@ class Delivery:
         """What belongs to one process: the ledger, the reports, the outage state and a first worker."""
         self.ledger = Ledger()
         self.problems = Problems(self.ledger, self._on_error, self._scrub)
-        self.outage = OutageState()
+        self.outage = OutageState(self._spool_timing)
         self.forking_master = lifecycle.in_uwsgi_master()
         self._retiring: list[Worker] = []  # closed workers still finishing their last batches
         self.worker = self._new_worker()
@@ -103,6 +105,15 @@ class Delivery:
     def on_error(self, value: Optional[OnError]) -> None:
         self._on_error = value
         self.problems.on_error = value
+
+    @property
+    def spool_timing(self) -> SpoolTiming:
+        """When a live batch goes to the spool and how often an outage is probed (see ``outage``)."""
+        return self._spool_timing
+
+    @spool_timing.setter
+    def spool_timing(self, value: SpoolTiming) -> None:
+        self._spool_timing = self.outage.timing = value
 
     def apply(self, name: str, value: float) -> None:
         """A changed setting: kept for workers to come, and applied to the current one now."""

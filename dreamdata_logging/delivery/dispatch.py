@@ -84,7 +84,7 @@ class Dispatcher:
         spooling = self._spool is not None
         budget = Budget(
             self._deadlines,
-            limit=outage.SPOOL_AFTER if spooling else None,
+            limit=self.outage.timing.after if spooling else None,
             reserve=outage.SPOOL_RESERVE if spooling else 0.0,
             stop_retrying=self._spill_requested if spooling else None,
         )

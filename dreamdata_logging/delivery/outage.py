@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
@@ -32,10 +33,23 @@ PROBE_MESSAGES = 20
 LEASE_MARGIN = 10.0
 
 
+@dataclass(frozen=True)
+class SpoolTiming:
+    """How soon a live batch goes to the spool, and how often an outage is probed (tests shorten these)."""
+
+    after: float = SPOOL_AFTER  # seconds a live batch may take, retries included
+    retry_base: float = SPOOL_RETRY_BASE  # the first probe after about this, doubling...
+    retry_cap: float = SPOOL_RETRY_CAP  # ...up to this
+
+
+DEFAULT_SPOOL_TIMING = SpoolTiming()
+
+
 class OutageState:
     """Whether the endpoint is failing, and when the spool is next worth a look."""
 
-    def __init__(self) -> None:
+    def __init__(self, timing: SpoolTiming = DEFAULT_SPOOL_TIMING) -> None:
+        self.timing = timing
         self.active = False
         self.due = 0.0  # time.monotonic() of the next look at the spool
         self._failures = 0  # in a row, for the backoff
@@ -44,7 +58,8 @@ class OutageState:
     def failed(self) -> None:
         """The endpoint failed: outage mode, and the next probe after a growing backoff."""
         self.active = True
-        delay = min(SPOOL_RETRY_CAP, SPOOL_RETRY_BASE * 2 ** min(self._failures, 30))
+        timing = self.timing
+        delay = min(timing.retry_cap, timing.retry_base * 2 ** min(self._failures, 30))
         self._failures += 1
         self.failures += 1
         self.due = time.monotonic() + random.uniform(delay / 2, delay)
@@ -97,7 +112,7 @@ class SpoolDrain:
                 return  # live events first; the next wake comes back here
             probe = state.active
             # A probe risks one small batch and one attempt; a drain may retry within SPOOL_AFTER.
-            limit = self._timeout if probe else SPOOL_AFTER
+            limit = self._timeout if probe else state.timing.after
             count = min(PROBE_MESSAGES, self._claim_limit) if probe else self._claim_limit
             try:
                 claim = self._spool.claim(count, self._body_room, lease_seconds=limit + LEASE_MARGIN)
