@@ -22,9 +22,10 @@ from typing import Any, Optional
 import pytest
 
 from dreamdata_logging import DreamdataHandler, track
+from dreamdata_logging.delivery.delivery import Delivery, Settings
 from dreamdata_logging.spool.spool import Spool
 from dreamdata_logging.tools.collector import Fault
-from dreamdata_logging.transport.transport import Backoff
+from dreamdata_logging.transport.transport import Backoff, Transport
 from dreamdata_logging.wire.rules import new_message_id, now_timestamp
 
 from .conftest import WRITE_KEY
@@ -170,6 +171,31 @@ def test_queue_past_high_water_during_an_outage_goes_to_the_spool_not_dropped(
     collector.set_down(None)
     assert collector.wait_for(700, timeout=60)
     assert_exactly_once(collector.received(), "spill", 700)
+
+
+def test_a_delivery_built_from_its_parts_spools_through_an_outage_and_drains_after(tmp_path, collector):
+    """The delivery machinery takes its transport, spool and timings as arguments: no handler is needed."""
+    transport = Transport(collector.url, WRITE_KEY, max_retries=1, backoff=QUICK_BACKOFF)
+    settings = Settings(
+        flush_at=50, flush_interval=0.05, max_queue_size=1000, max_queue_bytes=10**7, shutdown_timeout=2
+    )
+    spool = Spool(tmp_path / "parts.sqlite3")
+    delivery = Delivery(
+        transport, spool, settings, on_error=None, scrub=transport.redactor.scrub, spool_timing=QUICK_SPOOL
+    )
+    collector.set_down(DOWN)
+    sent = [message(n, "parts") for n in range(120)]
+    for data in sent:
+        delivery.sink.message(data, delivery.worker_for_this_process())
+    assert delivery.flush(timeout=30) is False  # kept in the spool, not delivered
+    stats = delivery.stats()
+    assert (stats["emitted"], stats["spool_written"], stats["spooled"], stats["delivered"]) == (120, 120, 120, 0)
+    collector.set_down(None)
+    assert delivery.flush(timeout=30) is True  # the spool drained
+    delivery.close()
+    stats = delivery.stats()
+    assert (stats["spool_delivered"], stats["spooled"], stats["failed"]) == (120, 0, 0)
+    assert sorted(m["messageId"] for m in collector.received()) == sorted(json.loads(m)["messageId"] for m in sent)
 
 
 def test_without_spool_option_nothing_changes(collector, make_handler, make_logger):
