@@ -108,7 +108,6 @@ class DreamdataHandler(logging.Handler):
             shutdown_timeout=_check("shutdown_timeout", shutdown_timeout),
             block_on_full=_check("block_on_full", block_on_full),
         )
-        send = options.as_bool("send", send)
         self.include_extra = options.as_bool("include_extra", include_extra)
         self._handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
         self._transport = Transport(

@@ -80,7 +80,7 @@ class Delivery:
         self.settings = settings
         self._on_error = on_error
         self._scrub = scrub
-        self._spool_timing = spool_timing
+        self.spool_timing = spool_timing  # a process's outage state starts with it
         self.renewed = False
         #: The default sink: this delivery's queue. ``sink`` is where built messages go (a test's capture swaps it).
         self.queue = QueueSink(self)
@@ -92,7 +92,7 @@ class Delivery:
         """What belongs to one process: the ledger, the reports, the outage state and a first worker."""
         self.ledger = Ledger()
         self.problems = Problems(self.ledger, self._on_error, self._scrub)
-        self.outage = OutageState(self._spool_timing)
+        self.outage = OutageState(self.spool_timing)
         self.forking_master = lifecycle.in_uwsgi_master()
         self._retiring: list[Worker] = []  # closed workers still finishing their last batches
         self.worker = self._new_worker()
@@ -105,15 +105,6 @@ class Delivery:
     def on_error(self, value: Optional[OnError]) -> None:
         self._on_error = value
         self.problems.on_error = value
-
-    @property
-    def spool_timing(self) -> SpoolTiming:
-        """When a live batch goes to the spool and how often an outage is probed (see ``outage``)."""
-        return self._spool_timing
-
-    @spool_timing.setter
-    def spool_timing(self, value: SpoolTiming) -> None:
-        self._spool_timing = self.outage.timing = value
 
     def apply(self, name: str, value: float) -> None:
         """A changed setting: kept for workers to come, and applied to the current one now."""

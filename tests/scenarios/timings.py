@@ -27,5 +27,5 @@ def tune(
     if backoff is not None:
         delivery.transport.backoff = backoff
     if spool_timing is not None:
-        delivery.spool_timing = spool_timing
+        delivery.spool_timing = delivery.outage.timing = spool_timing  # this process's, and a forked one's
     return handler
