@@ -1,7 +1,7 @@
 """One place for what goes wrong: every refused or lost event is counted, reported and passed to ``on_error``.
 
-Reports go to the ``dreamdata_logging`` logger, rate-limited by kind (see ``_diagnostics``), with any
-secret scrubbed from their text.
+Reports go to the ``dreamdata_logging`` logger, rate-limited by kind and detail (see ``_diagnostics.Report``),
+with any secret scrubbed from their text.
 """
 
 from __future__ import annotations
