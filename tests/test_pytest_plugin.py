@@ -116,11 +116,16 @@ def test_the_plugin_adds_the_fixture_and_nothing_else(pytester):
     assert "tmp_path" in names_off and names_on - names_off == {"dreamdata_events"} and names_off <= names_on
 
 
-def test_capture_without_pytest_fixture(collector, make_handler):
-    handler = make_handler()
-    log = logging.getLogger("capture.plain")
+def logger_with(name: str, handler: logging.Handler) -> logging.Logger:
+    log = logging.getLogger(name)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return log
+
+
+def test_capture_without_pytest_fixture(collector, make_handler):
+    handler = make_handler()
+    log = logger_with("capture.plain", handler)
     try:
         with capture() as events:
             log.info("Captured", extra=track(user_id="u1"))
@@ -144,9 +149,7 @@ def test_a_capture_swaps_each_handlers_sink_and_puts_the_queue_back(collector, m
     """Handlers made before and during a capture hand it their events (counted as captured, never queued);
     nested captures each get them; once the last one ends every handler queues and sends again."""
     before = make_handler()
-    log = logging.getLogger("capture.sink")
-    log.addHandler(before)
-    log.setLevel(logging.INFO)
+    log = logger_with("capture.sink", before)
     try:
         with capture() as outer:
             during = make_handler()

@@ -150,16 +150,13 @@ def test_queue_past_high_water_during_an_outage_goes_to_the_spool_not_dropped(
 ):
     # Without the high-water rule the first batch would retry for the whole retry budget (120 s; the
     # flush below would time out) while the queue filled and dropped events.
+    slow = Backoff(base=0.2, cap=0.5)
+    only_high_water = replace(QUICK_SPOOL, after=3600.0)  # no batch goes to the spool for taking long
     spool = tmp_path / "events.sqlite3"
     handler = make_handler(
-        spool=spool,
-        max_queue_size=1000,
-        flush_at=100,
-        max_retries=1000,
-        flush_interval=0.05,
-        backoff=Backoff(base=0.2, cap=0.5),
-        spool_timing=replace(QUICK_SPOOL, after=3600.0),
-    )
+        spool=spool, max_queue_size=1000, flush_at=100, max_retries=1000, flush_interval=0.05, backoff=slow,
+        spool_timing=only_high_water,
+    )  # fmt: skip
     log = make_logger(handler)
     collector.set_down(DOWN)
     for n in range(700):  # past half of max_queue_size, below the bound
