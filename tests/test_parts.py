@@ -7,6 +7,7 @@ give it a small scripted one, so each decision (send, halve, spool, give up) is 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, Optional
 
 import pytest
 
+from dreamdata_logging._diagnostics import RateLimitedReporter, Report
 from dreamdata_logging.delivery.buffer import ACCEPTED, CLOSED, FULL, READY, Buffer
 from dreamdata_logging.delivery.deadlines import Budget, Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher, Fate
@@ -349,3 +351,25 @@ def test_close_from_a_signal_handler_takes_no_lock_and_delivers(tmp_path: Path):
     assert found.ledger.delivered >= 5  # what was queued before the signal went out
     assert worker.stopped
 
+
+
+# -- reports ------------------------------------------------------------------------------------------
+
+
+def test_reports_are_rate_limited_per_kind_and_detail(caplog: pytest.LogCaptureFixture):
+    """A spool past its bound and a spool whose disk is full are two kinds, reported apart; one kind's
+    details (an invalid event's reason, a failed delivery's status) are rate-limited apart too."""
+    reporter = RateLimitedReporter(interval=3600)
+    with caplog.at_level(logging.INFO, logger="dreamdata_logging"):
+        reporter.report(Report.SPOOL_OVERFLOW, "oldest dropped", logging.ERROR)
+        reporter.report(Report.SPOOL_NO_ROOM, "no room on its disk", logging.ERROR)
+        reporter.report(Report.SPOOL_OVERFLOW, "oldest dropped again", logging.ERROR)  # within the interval
+        reporter.report(Report.INVALID, "invalid event: no userId", detail="no userId")
+        reporter.report(Report.INVALID, "invalid event: too big", detail="too big")
+        reporter.report(Report.INVALID, "invalid event: no userId again", detail="no userId")
+    assert [r.getMessage() for r in caplog.records] == [
+        "dreamdata-logging: oldest dropped",
+        "dreamdata-logging: no room on its disk",
+        "dreamdata-logging: invalid event: no userId",
+        "dreamdata-logging: invalid event: too big",
+    ]
