@@ -9,10 +9,9 @@ from typing import Any, Optional, Union
 
 from dreamdata_logging import _aflush
 from dreamdata_logging import _options as options
-from dreamdata_logging import testing as _testing
+from dreamdata_logging._diagnostics import Report
 from dreamdata_logging._shaping import BeforeSend, make_shaper
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import CLOSED, FULL
 from dreamdata_logging.delivery.delivery import Delivery, Settings
 from dreamdata_logging.delivery.problems import OnError, safe_text
 from dreamdata_logging.delivery.worker import Worker
@@ -109,7 +108,6 @@ class DreamdataHandler(logging.Handler):
             shutdown_timeout=_check("shutdown_timeout", shutdown_timeout),
             block_on_full=_check("block_on_full", block_on_full),
         )
-        self.send = options.as_bool("send", send)
         self.include_extra = options.as_bool("include_extra", include_extra)
         self._handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
         self._transport = Transport(
@@ -131,6 +129,7 @@ class DreamdataHandler(logging.Handler):
             on_error=options.as_callable("on_error", on_error),
             scrub=self._transport.redactor.scrub,
         )
+        self.send = send
         self.before_send = options.as_callable("before_send", before_send)
         self._shaper = make_shaper(self._delivery, self.before_send, tracking_plan, plan_policy)
         self._started()
@@ -140,7 +139,7 @@ class DreamdataHandler(logging.Handler):
         lifecycle.register(self)
         no_threads = lifecycle.threads_unavailable()
         if no_threads is not None and self.send:
-            self._delivery.report("no_threads", no_threads, logging.ERROR)
+            self._delivery.report(Report.NO_THREADS, no_threads, logging.ERROR)
         if self._handle_sigterm:
             lifecycle.install_sigterm()
         if self.send:
@@ -154,6 +153,15 @@ class DreamdataHandler(logging.Handler):
     max_queue_bytes = _setting("max_queue_bytes", "bytes of events held in memory")
     shutdown_timeout = _setting("shutdown_timeout", "seconds close() and interpreter exit may spend delivering")
     block_on_full = _setting("block_on_full", "seconds a caller may wait for room in a full queue (0: drop)")
+
+    @property
+    def send(self) -> bool:
+        """Whether events are sent; with False they are built and checked, then counted ``unsent``."""
+        return self._delivery.queue.send
+
+    @send.setter
+    def send(self, value: Any) -> None:
+        self._delivery.queue.send = options.as_bool("send", value)
 
     @property
     def on_error(self) -> Optional[OnError]:
@@ -255,27 +263,7 @@ class DreamdataHandler(logging.Handler):
         except Exception as error:  # e.g. a __str__ that raises on both encoder paths
             self._invalid(InvalidEventError(f"could not be serialised ({safe_text(error)})"), event)
             return
-        if _testing.active:  # a test is capturing (the dreamdata_events fixture)
-            _testing.feed(data)
-            delivery.ledger.add("captured")
-            return
-        if not self.send:
-            delivery.ledger.add("unsent")
-            return
-        if worker.closing and not lifecycle.exiting():
-            worker = delivery.renew(worker)  # closed (by a reconfiguration?) but still attached: reopen
-        if delivery.forking_master:
-            delivery.refuse_in_forking_master(data)
-            return
-        status = delivery.put(data, worker)
-        if status == FULL:
-            delivery.report(
-                "queue_full",
-                f"queue full ({self.max_queue_size:,} events or {self.max_queue_bytes:,} bytes): "
-                "new events are dropped until it drains (is the endpoint down or slow?)",
-            )
-        elif status == CLOSED:
-            delivery.report("closed", "an event was emitted after the handler was closed; it was dropped")
+        delivery.sink.message(data, worker)  # the queue, or a test's capture (dreamdata_logging.testing)
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
         """Wait until every event emitted before the call is delivered or given up on.
@@ -322,6 +310,5 @@ class DreamdataHandler(logging.Handler):
         self._delivery.finish_shutdown()
 
     def _invalid(self, error: InvalidEventError, event: Any) -> None:
-        if _testing.active:
-            _testing.feed_invalid(error)
+        self._delivery.sink.invalid(error)
         self._delivery.problems.invalid(error, event)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from dreamdata_logging import _options as options
-from dreamdata_logging import testing as _testing
+from dreamdata_logging._diagnostics import Report
 from dreamdata_logging.delivery.problems import safe_text
 from dreamdata_logging.errors import InvalidEventError
 from dreamdata_logging.events import encoding
@@ -110,18 +110,19 @@ class Shaper:
     def violated(self, violation: Violation) -> None:
         delivery = self._delivery
         delivery.ledger.add("plan_violations")
-        if _testing.active:
-            _testing.feed_violation(violation)
+        delivery.sink.violation(violation)  # a test's capture collects it
         outcome = "dropped" if self.drop else "sent anyway"
-        delivery.report(self._kind(violation.kind), f"event does not follow the tracking plan ({outcome}): {violation}")
+        text = f"event does not follow the tracking plan ({outcome}): {violation}"
+        delivery.report(Report.PLAN_VIOLATION, text, detail=self._detail(violation.kind))
 
-    def _kind(self, kind: str) -> str:
-        kind = "plan:" + kind[:120]
-        if kind not in self._kinds:
+    def _detail(self, kind: str) -> str:
+        """The violation's event name and field, reported apart from others (up to MAX_PLAN_KINDS of them)."""
+        detail = kind[:120]
+        if detail not in self._kinds:
             if len(self._kinds) >= MAX_PLAN_KINDS:
-                return "plan:other"
-            self._kinds.add(kind)
-        return kind
+                return "other"
+            self._kinds.add(detail)
+        return detail
 
 
 def make_shaper(

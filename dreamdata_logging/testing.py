@@ -9,7 +9,9 @@ With pytest, use the ``dreamdata_events`` fixture (installed with the package). 
     events.assert_tracked("Signed Up", plan="pro")
 
 While a capture is active, every handler in the process (made before or during it) hands each valid
-event to the capture instead of its queue, so nothing is sent; invalid events are collected too.
+event to the capture instead of its queue, so nothing is sent; invalid events are collected too. The
+capture does it by swapping in its own sink on each handler's delivery (see
+:mod:`dreamdata_logging.delivery.sink`) and putting the queue back when the last capture ends.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Optional
 
+from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.errors import InvalidEventError
 
 if TYPE_CHECKING:
+    from dreamdata_logging._handler import DreamdataHandler
+    from dreamdata_logging.delivery.delivery import Delivery
+    from dreamdata_logging.delivery.worker import Worker
     from dreamdata_logging.wire.plan import Violation
 
 __all__ = ["CapturedEvents", "capture"]
 
-#: The captures in force; ``DreamdataHandler.emit`` feeds each of them while this is non-empty.
+#: The captures in force; while this is non-empty every handler's delivery has a :class:`_CaptureSink`.
 active: list[CapturedEvents] = []
 _active_lock = threading.Lock()
 
@@ -152,20 +158,61 @@ class CapturedEvents:
         self.plan_violations.clear()
 
 
+class _CaptureSink:
+    """A handler's sink while a capture is active: every capture gets the events; nothing is queued or sent."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery  # its ledger is renewed in a new process: looked up on every use
+
+    def message(self, data: bytes, worker: Worker) -> None:
+        feed(data)
+        self._delivery.ledger.add("captured")
+
+    def invalid(self, error: InvalidEventError) -> None:
+        feed_invalid(error)
+
+    def violation(self, violation: Violation) -> None:
+        feed_violation(violation)
+
+
+def _capture_from(handler: DreamdataHandler) -> None:
+    delivery = handler._delivery
+    if not isinstance(delivery.sink, _CaptureSink):
+        delivery.sink = _CaptureSink(delivery)
+
+
+def _release(handler: DreamdataHandler) -> None:
+    delivery = handler._delivery
+    if isinstance(delivery.sink, _CaptureSink):
+        delivery.sink = delivery.queue
+
+
 def start(events: Optional[CapturedEvents] = None) -> CapturedEvents:
     """Begin capturing into ``events`` (a new one by default); end it with :func:`stop`."""
     events = events if events is not None else CapturedEvents()
     with _active_lock:
         active.append(events)
+        if len(active) == 1:  # the first capture: every handler, and each one made from now on, captures
+            lifecycle.on_register.append(_capture_from)
+            for handler in lifecycle.handlers():
+                _capture_from(handler)
     return events
 
 
 def stop(events: CapturedEvents) -> None:
+    """End the capture into ``events``; when it was the last one, every handler goes back to its queue."""
     with _active_lock:
         for index, item in enumerate(active):
             if item is events:
                 del active[index]
                 break
+        else:
+            return
+        if not active:
+            if _capture_from in lifecycle.on_register:
+                lifecycle.on_register.remove(_capture_from)
+            for handler in lifecycle.handlers():
+                _release(handler)
 
 
 @contextmanager
@@ -179,7 +226,7 @@ def capture() -> Iterator[CapturedEvents]:
 
 
 def feed(data: bytes) -> None:
-    """Called by the handler for each valid event while a capture is active."""
+    """Called by a capturing sink for each valid event."""
     for events in list(active):
         events._add(data)
 

@@ -15,6 +15,8 @@ import pytest
 from dreamdata_logging import DreamdataHandler
 from dreamdata_logging.tools.collector import Collector
 
+from .scenarios.timings import tune
+
 WRITE_KEY = "test-write-key-7c1f"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -28,14 +30,29 @@ def collector() -> Iterator[Collector]:
 
 
 @pytest.fixture
-def make_handler(collector: Collector) -> Iterator[Callable[..., DreamdataHandler]]:
-    """Build handlers aimed at the collector; all are closed after the test."""
+def handler_timings() -> dict[str, Any]:
+    """Timings ``make_handler`` gives each handler's parts (see ``scenarios/timings.py``); none by default.
+    A test module overrides this fixture to shorten the waits of all its handlers."""
+    return {}
+
+
+@pytest.fixture
+def make_handler(
+    collector: Collector, handler_timings: dict[str, Any]
+) -> Iterator[Callable[..., DreamdataHandler]]:
+    """Build handlers aimed at the collector; all are closed after the test.
+
+    Besides the handler's options: ``backoff=`` and ``spool_timing=`` (see ``scenarios/timings.py``)."""
     made: list[DreamdataHandler] = []
 
     def make(**options: Any) -> DreamdataHandler:
         options.setdefault("endpoint", collector.url)
         options.setdefault("write_key", WRITE_KEY)
-        handler = DreamdataHandler(**options)
+        timings = {**handler_timings}
+        for name in ("backoff", "spool_timing"):
+            if name in options:
+                timings[name] = options.pop(name)
+        handler = tune(DreamdataHandler(**options), **timings)
         made.append(handler)
         return handler
 

@@ -288,3 +288,29 @@ def refuse_messages(poisoned: set[str], accepted: list[str], delay: float = 0.0)
         return True
 
     return answer
+
+
+def in_turn(*answers: Answer, then: Answer) -> Answer:
+    """The first request gets ``answers[0]``, the second ``answers[1]``...; the ones after them ``then``."""
+    lock = threading.Lock()
+    served = [0]
+
+    def answer(request: Request, sock: socket.socket, stopping: threading.Event) -> bool:
+        with lock:
+            number = served[0]
+            served[0] += 1
+        chosen = answers[number] if number < len(answers) else then
+        return chosen(request, sock, stopping)
+
+    return answer
+
+
+def stall(seconds: float, then: Answer) -> Answer:
+    """Nothing for ``seconds`` (or until the server stops), then ``then``'s answer."""
+
+    def answer(request: Request, sock: socket.socket, stopping: threading.Event) -> bool:
+        if stopping.wait(seconds):
+            return False
+        return then(request, sock, stopping)
+
+    return answer

@@ -1,9 +1,10 @@
 """Delivery under faults, against the real local collector: retries, Retry-After, 413 splits, refusals,
 interruptible waits, bounded memory, outage and recovery, threads, recursion and the write key's secrecy.
 
-Every fault is injected by the collector over real HTTP. Backoff waits are shortened by setting the
-transport's module constants (or by the fault's own ``Retry-After: 0``); time is only ever asserted as a
-generous upper bound that proves nothing hangs, or as a lower bound that proves a wait happened.
+Every fault is injected over real HTTP, by the collector or by a small fault server (which also keeps each
+request's body). Backoff waits are shortened by giving the transport a shorter :class:`Backoff` (or by the
+fault's own ``Retry-After: 0``); time is only ever asserted as a generous upper bound that proves nothing
+hangs, or as a lower bound that proves a wait happened.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from typing import Any, Callable, Optional
 import pytest
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
-from dreamdata_logging.delivery import lifecycle as lifecycle_module
 from dreamdata_logging.errors import PayloadTooLargeError
 from dreamdata_logging.tools.collector import Collector, Fault
 from dreamdata_logging.transport import transport as transport_module
-from dreamdata_logging.transport.transport import InsecureEndpointWarning, Transport, retry_after_seconds
+from dreamdata_logging.transport.transport import Backoff, InsecureEndpointWarning, Transport, retry_after_seconds
 from dreamdata_logging.wire.rules import Batch
 
 from .conftest import WRITE_KEY
+from .fault_servers import Answer, FaultServer, in_turn, raw, respond, stall
+from .scenarios.timings import QUICK_BACKOFF
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 #: Added to any bound we assert on elapsed time: the machine is small and shared.
@@ -41,31 +43,6 @@ MARGIN = 2.0
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shrink the exponential backoff so retry tests take milliseconds (the policy itself is unchanged)."""
-    monkeypatch.setattr(transport_module, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(transport_module, "BACKOFF_CAP", 0.05)
-
-
-class BodySpy:
-    """Records every request body the handler posts, attempt by attempt (each still goes to the real collector)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        real_attempt = Transport._attempt
-        spy = self
-
-        def attempt(transport: Transport, payload: bytes, timeout: float) -> Any:
-            spy.bodies.append(json.loads(payload))
-            return real_attempt(transport, payload, timeout)
-
-        monkeypatch.setattr(Transport, "_attempt", attempt)
-
-    def message_ids(self) -> list[list[str]]:
-        return [[m["messageId"] for m in body["batch"]] for body in self.bodies]
 
 
 def emit(log: logging.Logger, count: int, prefix: str = "u", start: int = 0, pad: int = 0) -> list[str]:
@@ -111,37 +88,36 @@ def closed_port_url() -> str:
 
 # -- retry policy ------------------------------------------------------------------------------------
 
-RETRYABLE = {
-    "500": Fault(500, body="internal error"),
-    "502": Fault(502),
-    "503": Fault(503),
-    "504": Fault(504),
-    "408": Fault(408),
-    "429-retry-after-0": Fault(429, headers={"Retry-After": "0"}),
-    "dropped-connection": Fault(drop=True),
-    "stall-past-timeout": Fault(200, delay=5.0),
+RETRYABLE: dict[str, Answer] = {
+    "500": respond(500, body=b"internal error"),
+    "502": respond(502),
+    "503": respond(503),
+    "504": respond(504),
+    "408": respond(408),
+    "429-retry-after-0": respond(429, {"Retry-After": "0"}),
+    "dropped-connection": raw(b""),  # reads the request, closes the connection unanswered
+    "stall-past-timeout": stall(5.0, respond(200)),
 }
 
 
 @pytest.mark.parametrize("fault", RETRYABLE.values(), ids=RETRYABLE.keys())
-def test_retryable_fault_is_retried_with_the_same_message_ids(
-    fault, collector, make_handler, make_logger, quick_backoff, monkeypatch
-):
-    spy = BodySpy(monkeypatch)
+def test_retryable_fault_is_retried_with_the_same_message_ids(fault, make_handler, make_logger):
     errors = Errors()
-    handler = make_handler(timeout=0.5, on_error=errors, flush_interval=60)
-    log = make_logger(handler)
-    collector.script(fault, fault)
-    started = time.monotonic()
-    sent = emit(log, 5)
-    assert handler.flush(timeout=30)
-    elapsed = time.monotonic() - started
+    with FaultServer(in_turn(fault, fault, then=respond(200))) as server:
+        handler = make_handler(
+            endpoint=server.url, timeout=0.5, on_error=errors, flush_interval=60, backoff=QUICK_BACKOFF
+        )
+        log = make_logger(handler)
+        started = time.monotonic()
+        sent = emit(log, 5)
+        assert handler.flush(timeout=30)
+        elapsed = time.monotonic() - started
+        bodies = [json.loads(request.body) for request in server.requests]
 
-    assert sorted(user_ids(collector)) == sorted(sent)  # delivered, each once
-    assert len(collector.requests()) == 3  # two faults, then the success
-    attempts = spy.message_ids()
-    assert len(attempts) == 3 and attempts[0] == attempts[1] == attempts[2]  # same messageIds every attempt
-    assert [m["messageId"] for m in collector.received()] == attempts[0]
+    assert len(bodies) == 3  # two faults, then the success
+    attempts = [[m["messageId"] for m in body["batch"]] for body in bodies]
+    assert attempts[0] == attempts[1] == attempts[2] and len(set(attempts[0])) == 5  # the same every attempt
+    assert sorted(m["userId"] for m in bodies[2]["batch"]) == sorted(sent)  # delivered, each once
     stats = handler.stats()
     assert (stats["delivered"], stats["failed"], stats["retries"]) == (5, 0, 2)
     assert errors.calls == []
@@ -159,8 +135,8 @@ def test_any_2xx_is_success(status, collector, make_handler, make_logger):
     assert (stats["delivered"], stats["failed"], stats["retries"], stats["requests"]) == (3, 0, 0, 1)
 
 
-def test_retry_after_seconds_is_waited(collector, make_handler, make_logger, quick_backoff):
-    handler = make_handler(flush_interval=60)
+def test_retry_after_seconds_is_waited(collector, make_handler, make_logger):
+    handler = make_handler(flush_interval=60, backoff=QUICK_BACKOFF)
     log = make_logger(handler)
     collector.script(Fault(429, headers={"Retry-After": "1"}))
     started = time.monotonic()
@@ -171,8 +147,8 @@ def test_retry_after_seconds_is_waited(collector, make_handler, make_logger, qui
     assert 0.9 <= elapsed < 1 + MARGIN  # it waited the server's second, not the (tiny) backoff
 
 
-def test_retry_after_http_date_is_waited(collector, make_handler, make_logger, quick_backoff):
-    handler = make_handler(flush_interval=60)
+def test_retry_after_http_date_is_waited(collector, make_handler, make_logger):
+    handler = make_handler(flush_interval=60, backoff=QUICK_BACKOFF)
     log = make_logger(handler)
     when = email.utils.formatdate(time.time() + 3, usegmt=True)  # whole seconds: a wait of 2 to 3 s
     collector.script(Fault(503, headers={"Retry-After": when}))
@@ -184,9 +160,8 @@ def test_retry_after_http_date_is_waited(collector, make_handler, make_logger, q
     assert 1.0 <= elapsed < 3 + MARGIN
 
 
-def test_huge_retry_after_is_clamped(collector, make_handler, make_logger, quick_backoff, monkeypatch):
-    monkeypatch.setattr(transport_module, "RETRY_AFTER_CAP", 0.2)
-    handler = make_handler(flush_interval=60)
+def test_huge_retry_after_is_clamped(collector, make_handler, make_logger):
+    handler = make_handler(flush_interval=60, backoff=Backoff(base=0.01, cap=0.05, retry_after_cap=0.2))
     log = make_logger(handler)
     collector.script(Fault(503, headers={"Retry-After": "86400"}))
     started = time.monotonic()
@@ -229,11 +204,9 @@ def one_batch() -> Batch:
     return Batch([json.dumps(message).encode()])
 
 
-def test_backoff_is_exponential_with_full_jitter_and_gives_up_after_max_retries(collector, monkeypatch):
-    monkeypatch.setattr(transport_module, "BACKOFF_BASE", 0.001)
-    monkeypatch.setattr(transport_module, "BACKOFF_CAP", 0.004)
+def test_backoff_is_exponential_with_full_jitter_and_gives_up_after_max_retries(collector):
     collector.set_down(Fault(503))
-    transport = Transport(collector.url, WRITE_KEY, max_retries=12)
+    transport = Transport(collector.url, WRITE_KEY, max_retries=12, backoff=Backoff(base=0.001, cap=0.004))
     cancel = RecordingEvent()
     with pytest.raises(DeliveryError, match="gave up after 12 retries") as raised:
         transport.send(one_batch(), cancel=cancel)
@@ -245,10 +218,9 @@ def test_backoff_is_exponential_with_full_jitter_and_gives_up_after_max_retries(
     assert len(set(cancel.waits)) > 1  # jittered, not a fixed schedule
 
 
-def test_total_retry_wait_is_capped(collector, monkeypatch):
-    monkeypatch.setattr(transport_module, "RETRY_WAIT_BUDGET", 0.5)
+def test_total_retry_wait_is_capped(collector):
     collector.set_down(Fault(503, headers={"Retry-After": "0.2"}))
-    transport = Transport(collector.url, WRITE_KEY, max_retries=1000)
+    transport = Transport(collector.url, WRITE_KEY, max_retries=1000, backoff=Backoff(wait_budget=0.5))
     started = time.monotonic()
     with pytest.raises(DeliveryError, match="retry budget"):
         transport.send(one_batch())
@@ -465,10 +437,8 @@ def test_memory_stays_flat_through_a_long_outage(collector):
 # -- outage and recovery ------------------------------------------------------------------------------
 
 
-def test_outage_then_recovery_loses_nothing_within_the_retry_budget(collector, make_handler, make_logger, monkeypatch):
-    monkeypatch.setattr(transport_module, "BACKOFF_BASE", 0.02)
-    monkeypatch.setattr(transport_module, "BACKOFF_CAP", 0.1)
-    handler = make_handler(flush_interval=0.05, flush_at=10, max_retries=1000)
+def test_outage_then_recovery_loses_nothing_within_the_retry_budget(collector, make_handler, make_logger):
+    handler = make_handler(flush_interval=0.05, flush_at=10, max_retries=1000, backoff=Backoff(base=0.02, cap=0.1))
     log = make_logger(handler)
     collector.set_down(Fault(503))
     started = time.monotonic()
@@ -578,20 +548,22 @@ def test_no_recursion_on_the_root_logger_at_debug(collector, make_handler, every
     assert len(collector.requests()) <= 3
 
 
-def test_no_recursion_when_shipping_inline_at_exit(collector, make_handler, everything_is_an_event, monkeypatch):
+def test_no_recursion_when_shipping_inline_at_exit(collector):
     """During interpreter exit no thread is started and flush() ships from the caller's thread: what urllib3
     logs there about our request must not become events either (before, it fed itself until the cap)."""
-    root, attached, converted = everything_is_an_event
-    monkeypatch.setattr(lifecycle_module, "_exiting", True)
-    handler = make_handler(flush_interval=60)
-    root.addHandler(handler)
-    attached.append(handler)
-    sent = emit(logging.getLogger("app.analytics"), 4, "app")
-    assert handler._worker.stopped  # none was started during "exit"
-    assert handler.flush(timeout=10)
-    assert converted["urllib3"] > 0
-    assert sorted(user_ids(collector)) == sorted(sent)
-    assert handler.stats()["skipped"] == sum(converted.values())
+    run = subprocess.run(
+        [sys.executable, str(SCENARIOS / "exit_recursion.py"), collector.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["workers"] == []  # none was started during exit
+    assert found["flushed"] is True
+    assert found["converted"].get("urllib3", 0) > 0  # the hostile factory did fire
+    assert sorted(user_ids(collector)) == [f"app-{i}" for i in range(4)]
+    assert found["stats"]["skipped"] == sum(found["converted"].values())
 
 
 # -- security ----------------------------------------------------------------------------------------

@@ -82,23 +82,22 @@ def test_events_dropped_by_a_full_queue_reach_on_error(collector: Collector) -> 
     assert stats["emitted"] == stats["delivered"] + stats["dropped_queue_full"] == 100
 
 
-def test_on_error_gets_at_most_the_bound_and_the_count_of_the_rest(
-    collector: Collector, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(full_module, "MAX_KEPT", 25)
+def test_on_error_gets_at_most_the_bound_and_the_count_of_the_rest(collector: Collector) -> None:
+    kept = full_module.MAX_KEPT
     errors = Errors()
     handler = DreamdataHandler(WRITE_KEY, endpoint=collector.url, max_queue_size=10, flush_at=5, on_error=errors)
     collector.set_down(Fault(503, headers={"Retry-After": "30"}))
     log = logger_with(handler)
     ids = log_events(log, 10)
     sending(collector)
-    ids += log_events(log, 100)
+    ids += log_events(log, kept + 100)
     collector.set_down(None)
     handler.close()
     [(error, messages)] = errors.dropped()
-    assert [m["messageId"] for m in messages] == ids[10:35]  # the first 25 dropped ones
-    assert error.dropped == 100 and "100 event(s) dropped" in str(error) and "25 of them" in str(error)
-    assert handler.stats()["dropped_queue_full"] == 100
+    assert [m["messageId"] for m in messages] == ids[10 : 10 + kept]  # the first MAX_KEPT dropped ones
+    total = kept + 100
+    assert error.dropped == total and f"{total} event(s) dropped" in str(error) and f"{kept} of them" in str(error)
+    assert handler.stats()["dropped_queue_full"] == total
 
 
 def test_block_on_full_waits_for_room_and_every_event_arrives() -> None:

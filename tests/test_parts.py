@@ -7,6 +7,7 @@ give it a small scripted one, so each decision (send, halve, spool, give up) is 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -15,11 +16,12 @@ from typing import Any, Optional
 
 import pytest
 
+from dreamdata_logging._diagnostics import RateLimitedReporter, Report
 from dreamdata_logging.delivery.buffer import ACCEPTED, CLOSED, FULL, READY, Buffer
 from dreamdata_logging.delivery.deadlines import Budget, Deadlines
-from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.dispatch import Dispatcher, Fate
 from dreamdata_logging.delivery.ledger import Ledger
-from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
+from dreamdata_logging.delivery.outage import ClaimOutcome, OutageState, SpoolDrain
 from dreamdata_logging.delivery.problems import Problems
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
@@ -195,7 +197,7 @@ def test_dispatcher_counts_a_delivered_batch():
     transport = ScriptedTransport(None)
     found = problems()
     dispatcher = Dispatcher(transport, found, Deadlines())
-    assert dispatcher.deliver([message(1), message(2)], 10) is True
+    assert dispatcher.deliver([message(1), message(2)], 10) is Fate.DELIVERED
     assert found.ledger.delivered == 2 and found.ledger.batches == 1
 
 
@@ -204,7 +206,7 @@ def test_dispatcher_halves_on_413_until_each_part_fits():
     transport = ScriptedTransport(too_large, None, too_large, None, None)
     found = problems()
     items = [message(i) for i in range(6)]
-    assert Dispatcher(transport, found, Deadlines()).deliver(items, sum(map(len, items)))
+    assert Dispatcher(transport, found, Deadlines()).deliver(items, sum(map(len, items))) is Fate.DELIVERED
     assert [len(b) for b in transport.sent] == [6, 3, 3, 1, 2]
     assert found.ledger.delivered == 6 and found.ledger.failed == 0
 
@@ -213,7 +215,7 @@ def test_dispatcher_gives_up_on_a_refused_batch_and_tells_on_error():
     errors: list[tuple[BaseException, list[Any]]] = []
     found = problems(errors)
     refused = DeliveryError("HTTP 400: bad", status=400)
-    assert Dispatcher(ScriptedTransport(refused), found, Deadlines()).deliver([message(1)], 1) is False
+    assert Dispatcher(ScriptedTransport(refused), found, Deadlines()).deliver([message(1)], 1) is Fate.FAILED
     assert found.ledger.failed == 1
     assert errors[0][0] is refused and errors[0][1][0]["messageId"] == "m1"  # decoded for on_error
 
@@ -224,9 +226,9 @@ def test_dispatcher_spools_what_may_succeed_later_and_enters_outage_mode(tmp_pat
     down = DeliveryError("HTTP 503", status=503, retryable=True)
     transport = ScriptedTransport(down)
     dispatcher = Dispatcher(transport, found, Deadlines(), spool=spool)
-    assert dispatcher.deliver([message(1)], 1) is False
+    assert dispatcher.deliver([message(1)], 1) is Fate.SPOOLED
     assert dispatcher.outage.active and spool.pending()[0] == 1 and found.ledger.spool_written == 1
-    assert dispatcher.deliver([message(2)], 1) is False  # outage mode: straight to the spool
+    assert dispatcher.deliver([message(2)], 1) is Fate.SPOOLED  # outage mode: straight to the spool
     assert len(transport.sent) == 1 and spool.pending()[0] == 2
     assert found.ledger.failed == 0
     spool.close()
@@ -242,9 +244,9 @@ def test_a_probe_risks_a_small_claim_with_one_attempt_and_a_short_lease(tmp_path
     state.active = True  # in an outage, the next look at the spool is a probe
     calls: list[tuple[int, float, bool]] = []
 
-    def send_claim(claim: Any, limit: float, single_attempt: bool) -> str:
+    def send_claim(claim: Any, limit: float, single_attempt: bool) -> ClaimOutcome:
         calls.append((len(claim), limit, single_attempt))
-        return "release"
+        return ClaimOutcome.NOT_NOW
 
     drain = SpoolDrain(spool, state, send_claim, flush_at=2000, body_room=400_000)
     drain.set_request_timeout(3.0)
@@ -253,9 +255,9 @@ def test_a_probe_risks_a_small_claim_with_one_attempt_and_a_short_lease(tmp_path
     state.due = 0.0
     state.active = False  # the endpoint answered: now the spool drains in full claims
 
-    def deliver(claim: Any, limit: float, single_attempt: bool) -> str:
+    def deliver(claim: Any, limit: float, single_attempt: bool) -> ClaimOutcome:
         calls.append((len(claim), limit, single_attempt))
-        return "delivered"
+        return ClaimOutcome.DELIVERED
 
     SpoolDrain(spool, state, deliver, flush_at=2000, body_room=400_000).run(lambda: False, lambda: False)
     assert calls[1][0] == 100 and calls[1][2] is False
@@ -267,7 +269,9 @@ def test_the_drain_gives_way_to_live_batches(tmp_path: Path):
     spool = Spool(tmp_path / "spool.sqlite3")
     spool.put([message(1)])
     sent: list[int] = []
-    drain = SpoolDrain(spool, OutageState(), lambda c, limit, one: sent.append(len(c)) or "delivered", 10, 400_000)
+    drain = SpoolDrain(
+        spool, OutageState(), lambda c, limit, one: sent.append(len(c)) or ClaimOutcome.DELIVERED, 10, 400_000
+    )
     drain.run(live_waiting=lambda: True, closing=lambda: False)
     assert sent == [] and spool.pending()[0] == 1
     spool.close()
@@ -347,3 +351,25 @@ def test_close_from_a_signal_handler_takes_no_lock_and_delivers(tmp_path: Path):
     assert found.ledger.delivered >= 5  # what was queued before the signal went out
     assert worker.stopped
 
+
+
+# -- reports ------------------------------------------------------------------------------------------
+
+
+def test_reports_are_rate_limited_per_kind_and_detail(caplog: pytest.LogCaptureFixture):
+    """A spool past its bound and a spool whose disk is full are two kinds, reported apart; one kind's
+    details (an invalid event's reason, a failed delivery's status) are rate-limited apart too."""
+    reporter = RateLimitedReporter(interval=3600)
+    with caplog.at_level(logging.INFO, logger="dreamdata_logging"):
+        reporter.report(Report.SPOOL_OVERFLOW, "oldest dropped", logging.ERROR)
+        reporter.report(Report.SPOOL_NO_ROOM, "no room on its disk", logging.ERROR)
+        reporter.report(Report.SPOOL_OVERFLOW, "oldest dropped again", logging.ERROR)  # within the interval
+        reporter.report(Report.INVALID, "invalid event: no userId", detail="no userId")
+        reporter.report(Report.INVALID, "invalid event: too big", detail="too big")
+        reporter.report(Report.INVALID, "invalid event: no userId again", detail="no userId")
+    assert [r.getMessage() for r in caplog.records] == [
+        "dreamdata-logging: oldest dropped",
+        "dreamdata-logging: no room on its disk",
+        "dreamdata-logging: invalid event: no userId",
+        "dreamdata-logging: invalid event: too big",
+    ]

@@ -116,11 +116,16 @@ def test_the_plugin_adds_the_fixture_and_nothing_else(pytester):
     assert "tmp_path" in names_off and names_on - names_off == {"dreamdata_events"} and names_off <= names_on
 
 
-def test_capture_without_pytest_fixture(collector, make_handler):
-    handler = make_handler()
-    log = logging.getLogger("capture.plain")
+def logger_with(name: str, handler: logging.Handler) -> logging.Logger:
+    log = logging.getLogger(name)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return log
+
+
+def test_capture_without_pytest_fixture(collector, make_handler):
+    handler = make_handler()
+    log = logger_with("capture.plain", handler)
     try:
         with capture() as events:
             log.info("Captured", extra=track(user_id="u1"))
@@ -136,5 +141,42 @@ def test_capture_without_pytest_fixture(collector, make_handler):
 
 def test_importing_the_package_does_not_import_pytest():
     code = "import sys, dreamdata_logging, dreamdata_logging.testing; print('pytest' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_capture_swaps_each_handlers_sink_and_puts_the_queue_back(collector, make_handler):
+    """Handlers made before and during a capture hand it their events (counted as captured, never queued);
+    nested captures each get them; once the last one ends every handler queues and sends again."""
+    before = make_handler()
+    log = logger_with("capture.sink", before)
+    try:
+        with capture() as outer:
+            during = make_handler()
+            log.addHandler(during)
+            with capture() as inner:
+                log.info("Nested", extra=track(user_id="u1"))
+                log.info("no id", extra={"dreamdata": {"type": "track"}})
+            log.info("Outer", extra=track(user_id="u1"))
+            for handler in (before, during):
+                stats = handler.stats()
+                assert (stats["captured"], stats["queued"], stats["invalid"]) == (2, 0, 1), stats
+        assert testing.active == []
+        log.info("Sent", extra=track(user_id="u2"))
+        assert before.flush(timeout=20) and during.flush(timeout=20)
+    finally:
+        log.removeHandler(before)
+        log.removeHandler(during)
+    assert [m["event"] for m in inner.messages] == ["Nested", "Nested"]  # one message from each handler
+    assert [m["event"] for m in outer.messages] == ["Nested", "Nested", "Outer", "Outer"]
+    assert len(inner.invalid) == len(outer.invalid) == 2
+    assert [m["event"] for m in collector.received()] == ["Sent", "Sent"]
+    for handler in (before, during):
+        stats = handler.stats()
+        assert stats["captured"] == 2 and stats["delivered"] == 1 and stats["emitted"] == 3, stats
+
+
+def test_the_handler_module_does_not_import_testing():
+    code = "import sys, dreamdata_logging._handler; print('dreamdata_logging.testing' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from dreamdata_logging import DeliveryError, DreamdataHandler, track
-from dreamdata_logging.delivery import outage as outage_module
+from dreamdata_logging.delivery.outage import SpoolTiming
 from dreamdata_logging.delivery.refusals import MAX_ISOLATED
 from dreamdata_logging.tools.collector import Collector, Fault
-from dreamdata_logging.transport import transport as transport_module
 
 from .conftest import WRITE_KEY
 from .fault_servers import FaultServer, Request, refuse_messages, respond
+from .scenarios.timings import QUICK_BACKOFF, tune
 
 
 class Errors:
@@ -150,13 +150,7 @@ def test_a_rejected_write_key_is_not_split(status: int, collector: Collector) ->
         handler.close()
 
 
-def test_spooled_events_refused_with_400_are_split_down_to_the_refused_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(transport_module, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(transport_module, "BACKOFF_CAP", 0.05)
-    monkeypatch.setattr(outage_module, "SPOOL_RETRY_BASE", 0.05)
-    monkeypatch.setattr(outage_module, "SPOOL_RETRY_CAP", 0.2)
+def test_spooled_events_refused_with_400_are_split_down_to_the_refused_one(tmp_path: Path) -> None:
     accepted: list[str] = []
     poisoned: set[str] = set()
     refuse = refuse_messages(poisoned, accepted)
@@ -174,6 +168,7 @@ def test_spooled_events_refused_with_400_are_split_down_to_the_refused_one(
             WRITE_KEY, endpoint=server.url, spool=tmp_path / "spool.sqlite3", max_retries=0, flush_interval=0.05,
             on_error=errors,
         )  # fmt: skip
+        tune(handler, backoff=QUICK_BACKOFF, spool_timing=SpoolTiming(retry_base=0.05, retry_cap=0.2))
         try:
             log = logger_with(handler)
             ids = [str(uuid.uuid4()) for _ in range(200)]

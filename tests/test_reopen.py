@@ -13,11 +13,11 @@ import pytest
 
 from dreamdata_logging import track
 from dreamdata_logging.tools.collector import Collector, Fault
-from dreamdata_logging.transport import transport as transport_module
 from dreamdata_logging.transport.transport import Transport
 from dreamdata_logging.wire.rules import Batch
 
 from .conftest import WRITE_KEY
+from .scenarios.timings import QUICK_BACKOFF
 
 
 def ledger_adds_up(stats: dict[str, int]) -> bool:
@@ -92,16 +92,12 @@ def test_64_threads_logging_while_the_handler_closes_and_reopens(collector, make
     assert ledger_adds_up(stats) and handler.reopened
 
 
-@pytest.fixture
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport_module, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(transport_module, "BACKOFF_CAP", 0.05)
-
-
 def test_the_spool_drains_after_closes_in_an_outage_without_live_traffic(
-    collector, make_handler, make_logger, tmp_path: Path, quick_backoff
+    collector, make_handler, make_logger, tmp_path: Path
 ) -> None:
-    handler = make_handler(spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=1, timeout=2)
+    handler = make_handler(
+        spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=1, timeout=2, backoff=QUICK_BACKOFF
+    )
     log = make_logger(handler)
     collector.set_down(Fault(503))
     logged = []
@@ -124,9 +120,11 @@ def test_the_spool_drains_after_closes_in_an_outage_without_live_traffic(
 
 
 def test_flush_is_false_while_the_spool_still_holds_events_and_the_endpoint_fails(
-    collector, make_handler, make_logger, tmp_path: Path, quick_backoff
+    collector, make_handler, make_logger, tmp_path: Path
 ) -> None:
-    handler = make_handler(spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=0, timeout=1)
+    handler = make_handler(
+        spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=0, timeout=1, backoff=QUICK_BACKOFF
+    )
     log = make_logger(handler)
     collector.set_down(Fault(503))
     log_numbered(log, 20, "down")

@@ -1,7 +1,8 @@
 """The durable spool: nothing lost across outages and restarts (against the real collector).
 
 Processes run as subprocesses with hard timeouts; tests synchronise on flush(), collector.wait_for()
-and the subprocesses' exit, never on sleeps. Retry constants are shrunk (monkeypatch) for speed.
+and the subprocesses' exit, never on sleeps. Every handler retries and spools on shortened timings, given to
+its transport and delivery (``handler_timings``, and the scenario script's own) for speed.
 """
 
 from __future__ import annotations
@@ -14,32 +15,31 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
 from dreamdata_logging import DreamdataHandler, track
-from dreamdata_logging.delivery import outage as worker
+from dreamdata_logging.delivery.delivery import Delivery, Settings
 from dreamdata_logging.spool.spool import Spool
 from dreamdata_logging.tools.collector import Fault
-from dreamdata_logging.transport import transport
+from dreamdata_logging.transport.transport import Backoff, Transport
 from dreamdata_logging.wire.rules import new_message_id, now_timestamp
 
 from .conftest import WRITE_KEY
+from .scenarios.timings import QUICK_BACKOFF, QUICK_SPOOL
 
 SCENARIO = Path(__file__).parent / "scenarios" / "spool_process.py"
 DOWN = Fault(status=503)
 HARD_TIMEOUT = 60  # seconds any subprocess may take before the test fails
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(transport, "BACKOFF_CAP", 0.05)
-    monkeypatch.setattr(worker, "SPOOL_AFTER", 1.0)
-    monkeypatch.setattr(worker, "SPOOL_RETRY_BASE", 0.05)
-    monkeypatch.setattr(worker, "SPOOL_RETRY_CAP", 0.2)
+@pytest.fixture
+def handler_timings() -> dict[str, Any]:
+    """Every handler made by ``make_handler`` here retries within milliseconds and spools after a second."""
+    return {"backoff": QUICK_BACKOFF, "spool_timing": QUICK_SPOOL}
 
 
 def env() -> dict[str, str]:
@@ -146,15 +146,17 @@ def test_outage_during_emission_then_recovery_delivers_every_event(tmp_path, col
 
 
 def test_queue_past_high_water_during_an_outage_goes_to_the_spool_not_dropped(
-    tmp_path, collector, make_handler, make_logger, monkeypatch
+    tmp_path, collector, make_handler, make_logger
 ):
     # Without the high-water rule the first batch would retry for the whole retry budget (120 s; the
     # flush below would time out) while the queue filled and dropped events.
-    monkeypatch.setattr(worker, "SPOOL_AFTER", 3600.0)
-    monkeypatch.setattr(transport, "BACKOFF_BASE", 0.2)
-    monkeypatch.setattr(transport, "BACKOFF_CAP", 0.5)
+    slow = Backoff(base=0.2, cap=0.5)
+    only_high_water = replace(QUICK_SPOOL, after=3600.0)  # no batch goes to the spool for taking long
     spool = tmp_path / "events.sqlite3"
-    handler = make_handler(spool=spool, max_queue_size=1000, flush_at=100, max_retries=1000, flush_interval=0.05)
+    handler = make_handler(
+        spool=spool, max_queue_size=1000, flush_at=100, max_retries=1000, flush_interval=0.05, backoff=slow,
+        spool_timing=only_high_water,
+    )  # fmt: skip
     log = make_logger(handler)
     collector.set_down(DOWN)
     for n in range(700):  # past half of max_queue_size, below the bound
@@ -166,6 +168,31 @@ def test_queue_past_high_water_during_an_outage_goes_to_the_spool_not_dropped(
     collector.set_down(None)
     assert collector.wait_for(700, timeout=60)
     assert_exactly_once(collector.received(), "spill", 700)
+
+
+def test_a_delivery_built_from_its_parts_spools_through_an_outage_and_drains_after(tmp_path, collector):
+    """The delivery machinery takes its transport, spool and timings as arguments: no handler is needed."""
+    transport = Transport(collector.url, WRITE_KEY, max_retries=1, backoff=QUICK_BACKOFF)
+    settings = Settings(
+        flush_at=50, flush_interval=0.05, max_queue_size=1000, max_queue_bytes=10**7, shutdown_timeout=2
+    )
+    spool = Spool(tmp_path / "parts.sqlite3")
+    delivery = Delivery(
+        transport, spool, settings, on_error=None, scrub=transport.redactor.scrub, spool_timing=QUICK_SPOOL
+    )
+    collector.set_down(DOWN)
+    sent = [message(n, "parts") for n in range(120)]
+    for data in sent:
+        delivery.sink.message(data, delivery.worker_for_this_process())
+    assert delivery.flush(timeout=30) is False  # kept in the spool, not delivered
+    stats = delivery.stats()
+    assert (stats["emitted"], stats["spool_written"], stats["spooled"], stats["delivered"]) == (120, 120, 120, 0)
+    collector.set_down(None)
+    assert delivery.flush(timeout=30) is True  # the spool drained
+    delivery.close()
+    stats = delivery.stats()
+    assert (stats["spool_delivered"], stats["spooled"], stats["failed"]) == (120, 0, 0)
+    assert sorted(m["messageId"] for m in collector.received()) == sorted(json.loads(m)["messageId"] for m in sent)
 
 
 def test_without_spool_option_nothing_changes(collector, make_handler, make_logger):
@@ -303,11 +330,8 @@ def test_spool_claims_never_overlap_between_processes(tmp_path):
 # -- bounds ---------------------------------------------------------------------------------------------
 
 
-def test_spool_full_drops_the_oldest_events_and_counts_them(
-    tmp_path, collector, make_handler, make_logger, monkeypatch
-):
-    monkeypatch.setattr(worker, "SPOOL_RETRY_BASE", 3600.0)  # no probe (which leases rows) while filling
-    monkeypatch.setattr(worker, "SPOOL_RETRY_CAP", 3600.0)
+def test_spool_full_drops_the_oldest_events_and_counts_them(tmp_path, collector, make_handler, make_logger):
+    no_probe = replace(QUICK_SPOOL, retry_base=3600.0, retry_cap=3600.0)  # no probe (it leases rows) while filling
     spool = tmp_path / "events.sqlite3"
     dropped: list[dict[str, Any]] = []
     handler = make_handler(
@@ -317,6 +341,7 @@ def test_spool_full_drops_the_oldest_events_and_counts_them(
         flush_at=20,
         flush_interval=0.05,
         on_error=lambda error, messages: dropped.extend(messages),
+        spool_timing=no_probe,
     )
     log = make_logger(handler)
     collector.set_down(DOWN)
@@ -337,7 +362,7 @@ def test_spool_full_drops_the_oldest_events_and_counts_them(
     handler.close()
 
     collector.set_down(None)  # a new handler (as after a restart) sends what was kept
-    handler2 = make_handler(spool=spool)
+    handler2 = make_handler(spool=spool, spool_timing=no_probe)
     assert collector.wait_for(len(kept), timeout=30)
     assert [m["properties"]["n"] for m in collector.received()] == [m["properties"]["n"] for m in kept]
     handler2.close()

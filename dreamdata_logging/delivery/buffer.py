@@ -7,6 +7,7 @@ carry sequence numbers (accepted, batched, finished in order), which is all ``fl
 
 from __future__ import annotations
 
+import enum
 import threading
 from bisect import bisect_right
 from collections import deque
@@ -14,8 +15,17 @@ from itertools import accumulate, count
 from operator import add
 from typing import Callable, Optional
 
-#: What :meth:`Buffer.put` did with a message.
-ACCEPTED, READY, FULL, CLOSED = 0, 1, 2, 3
+
+class Put(enum.Enum):
+    """What :meth:`Buffer.put` did with a message."""
+
+    ACCEPTED = "accepted"  # queued
+    READY = "ready"  # queued, and a batch is ready: wake the worker
+    FULL = "full"  # not queued: no room (counted in dropped_queue_full)
+    CLOSED = "closed"  # not queued: the buffer is closed (not counted here: the caller decides)
+
+
+ACCEPTED, READY, FULL, CLOSED = Put.ACCEPTED, Put.READY, Put.FULL, Put.CLOSED
 
 
 class Buffer:
@@ -50,7 +60,7 @@ class Buffer:
 
     # -- the callers' side ----------------------------------------------------------------------
 
-    def put(self, data: bytes) -> int:
+    def put(self, data: bytes) -> Put:
         """Queue one message: ACCEPTED, READY (a batch is ready: wake the worker), FULL or CLOSED.
 
         CLOSED is not counted here: the caller decides (a reopened handler puts it in its new buffer)."""
@@ -76,7 +86,7 @@ class Buffer:
         finally:
             inside.discard(ident)
 
-    def _accept(self, data: bytes) -> int:
+    def _accept(self, data: bytes) -> Put:
         size = len(data)
         if self.held >= self.max_events or self.held_bytes + size > self.max_bytes:
             self.dropped_full += 1
@@ -104,7 +114,7 @@ class Buffer:
         """A message of ``size`` bytes fits now (plain ints: read without the lock)."""
         return self.held < self.max_events and self.held_bytes + size <= self.max_bytes
 
-    def put_waiting(self, data: bytes, timeout: float, full: Callable[[], None]) -> int:
+    def put_waiting(self, data: bytes, timeout: float, full: Callable[[], None]) -> Put:
         """As :meth:`put`, but a message that does not fit first waits up to ``timeout`` seconds for room,
         after ``full()`` (called once, with the lock held) asked the worker to send now. Only for callers
         that may wait: not the worker, not with a lock the worker may need."""

@@ -17,14 +17,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from dreamdata_logging._diagnostics import Report
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import CLOSED, Buffer
+from dreamdata_logging.delivery.buffer import CLOSED, Buffer, Put
 from dreamdata_logging.delivery.deadlines import Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
 from dreamdata_logging.delivery.full import FullQueue
 from dreamdata_logging.delivery.ledger import Ledger
-from dreamdata_logging.delivery.outage import OutageState, SpoolDrain
+from dreamdata_logging.delivery.outage import DEFAULT_SPOOL_TIMING, OutageState, SpoolDrain, SpoolTiming
 from dreamdata_logging.delivery.problems import OnError, Problems
+from dreamdata_logging.delivery.sink import QueueSink, Sink
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import DeliveryError
 from dreamdata_logging.spool.spool import Spool, SpoolUnavailable
@@ -71,10 +73,15 @@ class Delivery:
         *,
         on_error: Optional[OnError],
         scrub: Callable[[str], str],
+        spool_timing: SpoolTiming = DEFAULT_SPOOL_TIMING,
     ) -> None:
         self.transport, self.spool, self.settings = transport, spool, settings
         self._on_error, self._scrub = on_error, scrub
+        self.spool_timing = spool_timing  # a process's outage state starts with it
         self.renewed = False
+        #: The default sink: this delivery's queue. ``sink`` is where built messages go (a test's capture swaps it).
+        self.queue = QueueSink(self)
+        self.sink: Sink = self.queue
         self._renew_lock = threading.RLock()  # re-entrant: a signal handler may log while its thread renews
         self._start_process()
 
@@ -82,7 +89,7 @@ class Delivery:
         """What belongs to one process: the ledger, the reports, the outage state and a first worker."""
         self.ledger = Ledger()
         self.problems = Problems(self.ledger, self._on_error, self._scrub)
-        self.outage = OutageState()
+        self.outage = OutageState(self.spool_timing)
         self.forking_master = lifecycle.in_uwsgi_master()
         self._retiring: list[Worker] = []  # closed workers still finishing their last batches
         self.worker = self._new_worker()
@@ -162,11 +169,11 @@ class Delivery:
                 self.resume_spool()
             return self.worker
 
-    def put(self, data: bytes, worker: Worker) -> int:
+    def put(self, data: bytes, worker: Worker) -> Put:
         """Queue one message; a worker that closed meanwhile hands it to the renewed one (not at exit)."""
         for _ in range(MAX_REOPENS_PER_EVENT):
             status = worker.put(data)
-            if status != CLOSED:
+            if status is not CLOSED:
                 return status
             if lifecycle.exiting():
                 break
@@ -308,8 +315,8 @@ class Delivery:
         except Exception:  # stderr may be closed during exit
             pass
 
-    def report(self, kind: str, text: str, level: int = logging.WARNING) -> None:
-        self.problems.report(kind, text, level)
+    def report(self, kind: Report, text: str, level: int = logging.WARNING, detail: str = "") -> None:
+        self.problems.report(kind, text, level, detail)
 
     # -- counts ---------------------------------------------------------------------------------
 

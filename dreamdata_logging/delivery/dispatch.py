@@ -6,12 +6,13 @@ cancel=)`` raising :class:`DeliveryError`), so it can be tested with any object 
 
 from __future__ import annotations
 
+import enum
 import threading
 from typing import Optional, Protocol, Union
 
 from dreamdata_logging.delivery import outage
 from dreamdata_logging.delivery.deadlines import Budget, Deadlines, set_unless_busy
-from dreamdata_logging.delivery.outage import OutageState
+from dreamdata_logging.delivery.outage import ClaimOutcome, OutageState
 from dreamdata_logging.delivery.problems import Problems, safe_text
 from dreamdata_logging.delivery.refusals import Splits, refused_for_its_messages
 from dreamdata_logging.errors import DeliveryError, PayloadTooLargeError
@@ -19,6 +20,17 @@ from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
 from dreamdata_logging.wire.rules import Batch
 
 OUTAGE = DeliveryError("the endpoint is unavailable (outage mode)", retryable=True)
+
+
+class Fate(enum.Enum):
+    """What became of a live batch (of a split batch: the worst of its parts')."""
+
+    DELIVERED = 0  # the endpoint took every message
+    SPOOLED = 1  # kept in the spool for later delivery (counted in spool_written)
+    FAILED = 2  # given up on for good (counted in failed, reported, passed to on_error)
+
+    def worst(self, other: Fate) -> Fate:
+        return self if self.value >= other.value else other
 
 
 class Transport(Protocol):
@@ -64,15 +76,15 @@ class Dispatcher:
 
     # -- live batches ---------------------------------------------------------------------------
 
-    def deliver(self, items: list[bytes], size: int, splits: Optional[Splits] = None) -> bool:
-        """Send one batch; True when the endpoint took it all. A batch refused for some of its messages
+    def deliver(self, items: list[bytes], size: int, splits: Optional[Splits] = None) -> Fate:
+        """Send one batch and settle it. A batch refused for some of its messages
         (400) is split until they are alone, within ``splits`` (see ``_refusals``)."""
         if self._spool is not None and self.outage.active:
             return self._not_delivered(items, OUTAGE)  # the endpoint is failing: straight to the spool
         spooling = self._spool is not None
         budget = Budget(
             self._deadlines,
-            limit=outage.SPOOL_AFTER if spooling else None,
+            limit=self.outage.timing.after if spooling else None,
             reserve=outage.SPOOL_RESERVE if spooling else 0.0,
             stop_retrying=self._spill_requested if spooling else None,
         )
@@ -94,14 +106,14 @@ class Dispatcher:
         self._ledger.add("delivered", len(items))
         self._ledger.add("batches")
         self.outage.recovered()
-        return True
+        return Fate.DELIVERED
 
-    def _halves(self, items: list[bytes], splits: Optional[Splits]) -> bool:
+    def _halves(self, items: list[bytes], splits: Optional[Splits]) -> Fate:
         half = len(items) // 2
         first = self.deliver(items[:half], sum(map(len, items[:half])), splits)
-        return self.deliver(items[half:], sum(map(len, items[half:])), splits) and first
+        return self.deliver(items[half:], sum(map(len, items[half:])), splits).worst(first)
 
-    def _not_delivered(self, items: list[bytes], error: DeliveryError) -> bool:
+    def _not_delivered(self, items: list[bytes], error: DeliveryError) -> Fate:
         spool = self._spool
         if spool is not None and worth_spooling(error):
             if error is not OUTAGE:
@@ -118,14 +130,14 @@ class Dispatcher:
                         f"its {len(dropped)} oldest event(s) were dropped"
                     )
                     self._problems.spool_dropped(dropped, full)
-                return False
+                return Fate.SPOOLED
         self._problems.failed(items, error)
-        return False
+        return Fate.FAILED
 
     # -- spooled batches ------------------------------------------------------------------------
 
-    def send_claim(self, claim: Claim, limit: float, single_attempt: bool) -> str:
-        """Send spooled rows: "delivered", "too large" (retry smaller), "drop" (refused) or "release"."""
+    def send_claim(self, claim: Claim, limit: float, single_attempt: bool) -> ClaimOutcome:
+        """Send spooled rows; the outcome tells the drain what to do with them (see :class:`ClaimOutcome`)."""
         budget = Budget(
             self._deadlines,
             limit=limit,
@@ -141,18 +153,18 @@ class Dispatcher:
         self._ledger.add("spool_delivered", len(claim))
         self._ledger.add("batches")
         self.outage.recovered()
-        return "delivered"
+        return ClaimOutcome.DELIVERED
 
-    def _claim_failed(self, claim: Claim, error: DeliveryError, budget: Budget) -> str:
+    def _claim_failed(self, claim: Claim, error: DeliveryError, budget: Budget) -> ClaimOutcome:
         if budget.stopped and self._spilling:
-            return "release"  # live events are piling up: they go first; this claim waits its turn
+            return ClaimOutcome.NOT_NOW  # live events are piling up: they go first; this claim waits its turn
         if (isinstance(error, PayloadTooLargeError) or refused_for_its_messages(error)) and len(claim) > 1:
-            return "too large"  # smaller claims, down to one message: a refused one alone is dropped
+            return ClaimOutcome.TOO_LARGE  # smaller claims, down to one message: a refused one alone is dropped
         if worth_spooling(error) or not error.status:
             self.outage.failed()
-            return "release"
+            return ClaimOutcome.NOT_NOW
         self._problems.failed(claim.messages, error)
-        return "drop"
+        return ClaimOutcome.REFUSED
 
     def _unexpected(self, error: Exception) -> DeliveryError:
         """A bug or an unexpected library error, as a failed delivery (its text may quote a URL: scrubbed)."""

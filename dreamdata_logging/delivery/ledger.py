@@ -5,8 +5,8 @@ follows, whatever number of workers the handler went through. A new process star
 (the parent's events are the parent's). Each outcome is counted once, where it is decided:
 
 - the buffers count what they took (``accepted``) and refused for want of room (``dropped_queue_full``);
-- the handler counts what it left out (``skipped``, ``invalid``, ``filtered``), built without sending
-  (``unsent`` with ``send=False``, ``captured`` by a test) and refused at exit (``dropped_closed``);
+- the handler counts what it left out (``skipped``, ``invalid``, ``filtered``); its sink, what it built
+  without sending (``unsent`` with ``send=False``, ``captured`` by a test) or refused at exit (``dropped_closed``);
 - the dispatcher counts each batch's fate (``delivered``, ``failed``, ``spool_written``, ...).
 
 At every quiet point (nothing being handed over between two of them):

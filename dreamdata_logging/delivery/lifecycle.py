@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from dreamdata_logging.spool import fork_guard
 from dreamdata_logging.wire.rules import reseed_ids
@@ -29,12 +29,16 @@ if TYPE_CHECKING:
 
 _handlers: tuple[weakref.ReferenceType[DreamdataHandler], ...] = ()
 _exiting = False
+#: Called with each handler as it is registered (a test's capture installs its sink on new handlers).
+on_register: list[Callable[[DreamdataHandler], None]] = []
 
 
 def register(handler: DreamdataHandler) -> None:
     """Remember a handler for process-wide actions (flush all, close at a child's end, SIGTERM)."""
     global _handlers
     _handlers = (*(ref for ref in _handlers if ref() is not None), weakref.ref(handler))
+    for hook in list(on_register):
+        hook(handler)
 
 
 def handlers() -> list[DreamdataHandler]:

@@ -10,8 +10,10 @@ strands them for seconds, not minutes.
 
 from __future__ import annotations
 
+import enum
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
@@ -31,10 +33,23 @@ PROBE_MESSAGES = 20
 LEASE_MARGIN = 10.0
 
 
+@dataclass(frozen=True)
+class SpoolTiming:
+    """How soon a live batch goes to the spool, and how often an outage is probed (tests shorten these)."""
+
+    after: float = SPOOL_AFTER  # seconds a live batch may take, retries included
+    retry_base: float = SPOOL_RETRY_BASE  # the first probe after about this, doubling...
+    retry_cap: float = SPOOL_RETRY_CAP  # ...up to this
+
+
+DEFAULT_SPOOL_TIMING = SpoolTiming()
+
+
 class OutageState:
     """Whether the endpoint is failing, and when the spool is next worth a look."""
 
-    def __init__(self) -> None:
+    def __init__(self, timing: SpoolTiming = DEFAULT_SPOOL_TIMING) -> None:
+        self.timing = timing
         self.active = False
         self.due = 0.0  # time.monotonic() of the next look at the spool
         self._failures = 0  # in a row, for the backoff
@@ -43,7 +58,8 @@ class OutageState:
     def failed(self) -> None:
         """The endpoint failed: outage mode, and the next probe after a growing backoff."""
         self.active = True
-        delay = min(SPOOL_RETRY_CAP, SPOOL_RETRY_BASE * 2 ** min(self._failures, 30))
+        timing = self.timing
+        delay = min(timing.retry_cap, timing.retry_base * 2 ** min(self._failures, 30))
         self._failures += 1
         self.failures += 1
         self.due = time.monotonic() + random.uniform(delay / 2, delay)
@@ -61,8 +77,17 @@ class OutageState:
         self.due = time.monotonic() + SPOOL_POLL_INTERVAL
 
 
-#: What sends one claim: (claim, seconds the send may take, single attempt?) -> "delivered" | "release" | "drop".
-SendClaim = Callable[[Claim, float, bool], str]
+class ClaimOutcome(enum.Enum):
+    """What became of one send of spooled rows, and so what the drain does with them."""
+
+    DELIVERED = "delivered"  # the endpoint took them: acknowledge (delete) the rows, go on draining
+    TOO_LARGE = "too large"  # refused for its size or for some of its messages: give back, claim fewer, go on
+    REFUSED = "refused"  # one message the endpoint refuses for good: delete it, go on draining
+    NOT_NOW = "not now"  # the endpoint fails, or live events wait: give the rows back and stop for now
+
+
+#: What sends one claim: (claim, seconds the send may take, single attempt?) -> its outcome.
+SendClaim = Callable[[Claim, float, bool], ClaimOutcome]
 
 
 class SpoolDrain:
@@ -87,7 +112,7 @@ class SpoolDrain:
                 return  # live events first; the next wake comes back here
             probe = state.active
             # A probe risks one small batch and one attempt; a drain may retry within SPOOL_AFTER.
-            limit = self._timeout if probe else SPOOL_AFTER
+            limit = self._timeout if probe else state.timing.after
             count = min(PROBE_MESSAGES, self._claim_limit) if probe else self._claim_limit
             try:
                 claim = self._spool.claim(count, self._body_room, lease_seconds=limit + LEASE_MARGIN)
@@ -100,21 +125,21 @@ class SpoolDrain:
             if not self._settle(claim, outcome):
                 return
 
-    def _settle(self, claim: Claim, outcome: str) -> bool:
-        """Ack, release or drop the claim's rows; True to go on draining."""
+    def _settle(self, claim: Claim, outcome: ClaimOutcome) -> bool:
+        """Ack, release or discard the claim's rows; True to go on draining."""
         try:
-            if outcome == "delivered":
+            if outcome is ClaimOutcome.DELIVERED:
                 self._spool.ack(claim)
                 self._claim_limit = self._flush_at
                 return True
-            if outcome == "too large" and len(claim) > 1:
+            if outcome is ClaimOutcome.TOO_LARGE and len(claim) > 1:
                 self._spool.release(claim)  # the endpoint's limit is lower than ours: smaller claims
                 self._claim_limit = max(1, len(claim) // 2)
                 return True
-            if outcome == "drop":
+            if outcome is ClaimOutcome.REFUSED:
                 self._spool.discard(claim)  # refused as invalid: sending them again would fail again
                 return True
             self._spool.release(claim)
         except SpoolUnavailable:  # the rows stay leased until the lease runs out, then go again
-            return outcome == "delivered"
+            return outcome is ClaimOutcome.DELIVERED
         return False

@@ -1,7 +1,7 @@
 """One place for what goes wrong: every refused or lost event is counted, reported and passed to ``on_error``.
 
-Reports go to the ``dreamdata_logging`` logger, rate-limited by kind (see ``_diagnostics``), with any
-secret scrubbed from their text.
+Reports go to the ``dreamdata_logging`` logger, rate-limited by kind and detail (see ``_diagnostics.Report``),
+with any secret scrubbed from their text.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging._diagnostics import RateLimitedReporter, Report
 from dreamdata_logging.delivery.ledger import Ledger
 from dreamdata_logging.errors import DeliveryError, InvalidEventError
 
 OnError = Callable[[BaseException, list[Any]], Any]
 
-#: Distinct kinds of invalid events reported separately; past this, one kind "other" holds the rest.
+#: Distinct reasons of invalid events reported separately; past this, one detail "other" holds the rest.
 MAX_INVALID_KINDS = 32
 # What makes two reasons of one kind differ: quoted values, numbers and byte counts.
 _DETAILS = re.compile(r"'[^']*'|\"[^\"]*\"|<[^>]*>|[0-9][0-9,._]*")
@@ -40,52 +40,52 @@ class Problems:
         self.on_error = on_error
         self._scrub = scrub
         self._reporter = RateLimitedReporter()
-        self._invalid_kinds: set[str] = set()
+        self._invalid_details: set[str] = set()
 
     def scrub(self, text: str) -> str:
         """``text`` without any secret (the write key in any encoding, the endpoint's credentials or query)."""
         return self._scrub(text)
 
-    def report(self, kind: str, text: str, level: int = logging.WARNING) -> None:
-        self._reporter.report(kind, self._scrub(text), level)
+    def report(self, kind: Report, text: str, level: int = logging.WARNING, detail: str = "") -> None:
+        """Log ``text`` (scrubbed), rate-limited per ``kind`` and ``detail``."""
+        self._reporter.report(kind, self._scrub(text), level, detail)
 
     def invalid(self, error: InvalidEventError, event: Any) -> None:
         """An event that cannot become a valid message: dropped on its own."""
         self.ledger.add("invalid")
-        self.report(self._invalid_kind(error.reason), f"invalid event: {error}")
+        self.report(Report.INVALID, f"invalid event: {error}", detail=self._invalid_detail(error.reason))
         try:
             snapshot = [dict(event)] if isinstance(event, Mapping) else []
         except Exception:  # a mapping that cannot be read: report the error without it
             snapshot = []
         self.call_on_error(error, snapshot)
 
-    def _invalid_kind(self, reason: str) -> str:
-        kind = "invalid:" + _DETAILS.sub("#", reason)[:80]
-        if kind not in self._invalid_kinds:
-            if len(self._invalid_kinds) >= MAX_INVALID_KINDS:
-                return "invalid:other"
-            self._invalid_kinds.add(kind)
-        return kind
+    def _invalid_detail(self, reason: str) -> str:
+        detail = _DETAILS.sub("#", reason)[:80]
+        if detail not in self._invalid_details:
+            if len(self._invalid_details) >= MAX_INVALID_KINDS:
+                return "other"
+            self._invalid_details.add(detail)
+        return detail
 
     def failed(self, items: list[bytes], error: DeliveryError) -> None:
         """Events given up on for good."""
         self.ledger.add("failed", len(items))
-        self.report(
-            f"delivery:{error.status}", f"{len(items)} event(s) could not be delivered: {error}", logging.ERROR
-        )
+        text = f"{len(items)} event(s) could not be delivered: {error}"
+        self.report(Report.DELIVERY_FAILED, text, logging.ERROR, detail=str(error.status or 0))
         self.call_on_error(error, items)
 
     def spooled(self, count: int, error: DeliveryError, where: str) -> None:
         self.ledger.add("spool_written", count)
         self.report(
-            "spooled",
+            Report.SPOOLED,
             f"{count} event(s) not delivered yet ({error}); kept in the spool {where} for later delivery",
             logging.ERROR if error.status in (401, 403) else logging.WARNING,
         )
 
     def spool_dropped(self, items: list[bytes], error: DeliveryError) -> None:
         self.ledger.add("spool_dropped", len(items))
-        self.report("spool_full", str(error), logging.ERROR)
+        self.report(Report.SPOOL_OVERFLOW, str(error), logging.ERROR)
         self.call_on_error(error, items)
 
     def call_on_error(self, error: BaseException, messages: list[Any]) -> None:
@@ -96,4 +96,4 @@ class Problems:
             decoded = [json.loads(m) if isinstance(m, (bytes, str)) else m for m in messages]
             self.on_error(error, decoded)
         except Exception as exc:
-            self.report("on_error", f"on_error raised {safe_text(exc)}")
+            self.report(Report.ON_ERROR_RAISED, f"on_error raised {safe_text(exc)}")

@@ -13,9 +13,9 @@ import time
 from typing import Optional
 
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import FULL, READY, Buffer
+from dreamdata_logging.delivery.buffer import FULL, READY, Buffer, Put
 from dreamdata_logging.delivery.deadlines import Deadlines, set_unless_busy
-from dreamdata_logging.delivery.dispatch import Dispatcher
+from dreamdata_logging.delivery.dispatch import Dispatcher, Fate
 from dreamdata_logging.delivery.full import FullQueue
 from dreamdata_logging.delivery.outage import SpoolDrain
 
@@ -50,7 +50,7 @@ class Worker:
 
     # -- the callers' side ----------------------------------------------------------------------
 
-    def put(self, data: bytes) -> int:
+    def put(self, data: bytes) -> Put:
         """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network, except
         up to ``block_on_full`` seconds for room when the queue is full and this caller may wait."""
         full = self.full
@@ -58,11 +58,11 @@ class Worker:
             status = self.buffer.put_waiting(data, full.block_on_full, self._send_now)
         else:
             status = self.buffer.put(data)
-        if status == FULL and full is not None:
+        if status is FULL and full is not None:
             full.dropped(data)
         if self._thread is None:
             self.start()
-        if status == READY and not self._wake.is_set() and not self.buffer.entered_here():
+        if status is READY and not self._wake.is_set() and not self.buffer.entered_here():
             self._wake.set()
         if self._drain is not None and self.buffer.over_high_water():
             self.dispatcher.spill()  # the endpoint is slow to take a batch: spool rather than drop
@@ -193,8 +193,8 @@ class Worker:
             if batch is None:  # closing and nothing left (sealed: nothing can enter now): stop
                 return not (self.closing and buffer.seal())
             items, size = batch
-            delivered = self.dispatcher.deliver(items, size)
-            buffer.finish(len(items), size, delivered)
+            fate = self.dispatcher.deliver(items, size)
+            buffer.finish(len(items), size, delivered=fate is Fate.DELIVERED)
 
     def _ship_inline(self, timeout: Optional[float] = None) -> None:
         """Ship from the calling thread: only when no worker thread can run (e.g. during exit)."""

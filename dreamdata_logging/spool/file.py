@@ -22,7 +22,7 @@ import sqlite3
 import time
 from typing import Optional
 
-from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging._diagnostics import RateLimitedReporter, Report
 
 #: Mode of a spool file this library creates (its ``-wal`` and ``-shm`` files follow the main file's).
 FILE_MODE = 0o600
@@ -141,7 +141,7 @@ class SpoolFile:
         else:
             lost = "it held no events"
         self._reporter.report(
-            "spool_replaced",
+            Report.SPOOL_REPLACED,
             f"spool {self.path} was removed or replaced while in use; {lost}; starting a new spool file there",
             logging.ERROR,
         )
@@ -156,7 +156,8 @@ class SpoolFile:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             _check_ours(conn)
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-                self._reporter.report("spool_wal", f"spool {self.path}: WAL mode unavailable on this file system")
+                text = f"spool {self.path}: WAL mode unavailable on this file system"
+                self._reporter.report(Report.SPOOL_NO_WAL, text)
             conn.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes; see the README
             conn.execute("PRAGMA journal_size_limit = 4000000")  # the WAL shrinks back after a big drain
             with transaction(conn):
@@ -188,7 +189,7 @@ class SpoolFile:
             os.replace(self.path, aside)
         except OSError as exc:
             self._reporter.report(
-                "spool_corrupt",
+                Report.SPOOL_UNUSABLE,
                 f"spool {self.path} cannot be used: {reason}, and could not be moved aside: {exc}",
                 logging.ERROR,
             )
@@ -202,7 +203,7 @@ class SpoolFile:
         self._side_ids = {}
         self.moved_aside.append(aside)
         self._reporter.report(
-            "spool_corrupt",
+            Report.SPOOL_UNUSABLE,
             f"spool {self.path} cannot be used: {reason}; moved it aside to {aside} and started a new spool "
             "(events in the old file were not sent)",
             logging.ERROR,

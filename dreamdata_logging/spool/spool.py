@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Callable, Optional, TypeVar, Union
 
-from dreamdata_logging._diagnostics import RateLimitedReporter
+from dreamdata_logging._diagnostics import RateLimitedReporter, Report
 from dreamdata_logging.spool import fork_guard
 from dreamdata_logging.spool.file import (
     APPLICATION_ID,
@@ -149,7 +149,8 @@ class Spool:
                 dropped = self._trim(conn, now)
             if self._out_of_space:
                 self._out_of_space = False
-                self._reporter.report("spool_room", f"spool {self.path} has room again: writing to it", logging.INFO)
+                text = f"spool {self.path} has room again: writing to it"
+                self._reporter.report(Report.SPOOL_ROOM_AGAIN, text, logging.INFO)
             return dropped
 
         return self._run(write, retry_on_fresh=True)
@@ -285,7 +286,7 @@ class Spool:
         if is_out_of_space(error):
             self._out_of_space = True
             self._reporter.report(
-                "spool_full",
+                Report.SPOOL_NO_ROOM,
                 f"spool {self.path} has no room on its disk ({describe(error)}): events that "
                 "cannot be delivered now are not kept; what it holds is still sent, and writing "
                 "resumes by itself when there is room",
@@ -293,7 +294,7 @@ class Spool:
             )
         else:  # e.g. its directory cannot be created, no permission, locked too long
             self._reporter.report(
-                "spool_unavailable", f"spool {self.path} is unavailable: {describe(error)}", logging.ERROR
+                Report.SPOOL_UNAVAILABLE, f"spool {self.path} is unavailable: {describe(error)}", logging.ERROR
             )
 
 

@@ -3,8 +3,9 @@
 :class:`Transport` ties the parts together and keeps the counters; this module holds the retry policy:
 
 - which failures are retried: network errors, 408, 429 and 5xx (see ``_answer``), at most ``max_retries`` times;
-- how long to wait before each retry: an answer's Retry-After (clamped to :data:`RETRY_AFTER_CAP`), else a
-  full-jitter exponential backoff, and at most :data:`RETRY_WAIT_BUDGET` seconds in all for one batch;
+- how long to wait before each retry (a :class:`Backoff`, given to the transport): an answer's Retry-After
+  (clamped to :data:`RETRY_AFTER_CAP`), else a full-jitter exponential backoff, and at most
+  :data:`RETRY_WAIT_BUDGET` seconds in all for one batch;
 - a deadline and ``close()`` cut the waits short (see :meth:`Transport.send`).
 
 Safety against a misbehaving endpoint lives in the parts: redirects are never followed and answers are read
@@ -22,6 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from dreamdata_logging.errors import DeliveryError
@@ -41,6 +43,7 @@ from dreamdata_logging.wire.rules import Batch
 __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_CAP",
+    "Backoff",
     "DEFAULT_ENDPOINT",
     "MAX_ANSWER_BYTES",
     "RETRY_AFTER_CAP",
@@ -63,7 +66,24 @@ RETRY_WAIT_BUDGET = 120.0
 Deadline = Union[None, float, Callable[[], Optional[float]]]
 
 
-def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+@dataclass(frozen=True)
+class Backoff:
+    """The waits between one batch's attempts (the defaults are the library's; tests shorten them)."""
+
+    base: float = BACKOFF_BASE  # retry n waits uniform in [0, min(cap, base * 2**n)] ("full jitter")
+    cap: float = BACKOFF_CAP
+    retry_after_cap: float = RETRY_AFTER_CAP  # a longer Retry-After is clamped to this
+    wait_budget: float = RETRY_WAIT_BUDGET  # most seconds of waits for one batch, in total
+
+    def delay(self, attempt: int) -> float:
+        """A wait before retry ``attempt`` (0 for the first) when the answer said nothing."""
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+def retry_after_seconds(value: Optional[str], cap: float = RETRY_AFTER_CAP) -> Optional[float]:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date), clamped; None if absent or bad."""
     if not value:
         return None
@@ -77,15 +97,16 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
         seconds = when.timestamp() - time.time()
     if seconds != seconds:  # NaN
         return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+    return min(max(seconds, 0.0), cap)
 
 
 class _Retries:
     """The waits between one batch's attempts, made only once an attempt has failed."""
 
-    __slots__ = ("_deadline", "_cancel", "attempt", "_waited", "_interrupted")
+    __slots__ = ("_backoff", "_deadline", "_cancel", "attempt", "_waited", "_interrupted")
 
-    def __init__(self, deadline: Deadline, cancel: Optional[threading.Event]) -> None:
+    def __init__(self, backoff: Backoff, deadline: Deadline, cancel: Optional[threading.Event]) -> None:
+        self._backoff = backoff
         self._deadline = deadline
         self._cancel = cancel
         self.attempt = 0  # retries made so far
@@ -99,12 +120,11 @@ class _Retries:
         attempt, cancel = self.attempt, self._cancel
         if attempt >= max_retries:
             raise DeliveryError(f"{error} (gave up after {attempt} retries)", status=error.status, retryable=True)
-        delay = (
-            retry_after if retry_after is not None else random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-        )
-        if self._waited + delay > RETRY_WAIT_BUDGET:
+        backoff = self._backoff
+        delay = retry_after if retry_after is not None else backoff.delay(attempt)
+        if self._waited + delay > backoff.wait_budget:
             raise DeliveryError(
-                f"{error} (retry budget of {RETRY_WAIT_BUDGET:.0f}s used up)", status=error.status, retryable=True
+                f"{error} (retry budget of {backoff.wait_budget:g}s used up)", status=error.status, retryable=True
             )
         limit = _read(self._deadline)
         if limit is not None and time.monotonic() + delay >= limit:
@@ -145,12 +165,14 @@ class Transport:
         gzip: bool = False,
         verify: Union[bool, str] = True,
         proxies: Optional[Mapping[str, str]] = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         check_write_key(write_key)
         url, self.endpoint = split_endpoint(endpoint)
         self.redactor = Redactor(write_key, endpoint)
         self.timeout = timeout
         self.max_retries = max_retries
+        self.backoff = backoff
         self.gzip = gzip
         self.verify = verify
         self.proxies = dict(proxies) if proxies else None
@@ -196,7 +218,7 @@ class Transport:
             if error is None:
                 return
             if retries is None:
-                retries = _Retries(deadline, cancel)
+                retries = _Retries(self.backoff, deadline, cancel)
             retries.wait(error, retry_after, self.max_retries)
             with self._posting:
                 self.retries += 1
@@ -215,7 +237,8 @@ class Transport:
             failure, answer, retry_after = exchange.failure, exchange.answer, exchange.retry_after
         if not status:
             return delivery_error(f"network error: {failure}", self.redactor, retryable=True), None
-        return refusal(status, answer, self.endpoint, self.redactor), retry_after_seconds(retry_after)
+        wait = retry_after_seconds(retry_after, self.backoff.retry_after_cap)
+        return refusal(status, answer, self.endpoint, self.redactor), wait
 
     def reset_after_fork(self) -> None:
         """Forget the parent's connections without closing them (closing would disturb the parent's)."""

@@ -11,11 +11,13 @@ import os
 import sys
 import tracemalloc
 
-import dreamdata_logging.transport.transport as transport
-from dreamdata_logging import DreamdataHandler, track
+from timings import tune
 
-transport.BACKOFF_BASE = 0.001  # keep the worker busy retrying, giving up and taking the next batch
-transport.BACKOFF_CAP = 0.01
+from dreamdata_logging import DreamdataHandler, track
+from dreamdata_logging.transport.transport import Backoff
+
+#: Keeps the worker busy retrying, giving up and taking the next batch.
+BUSY = Backoff(base=0.001, cap=0.01)
 
 
 def rss() -> int:
@@ -32,6 +34,7 @@ def main() -> None:
         "test-write-key-7c1f", endpoint=endpoint, max_queue_size=2000, flush_at=100, flush_interval=0.01,
         shutdown_timeout=1,
     )  # fmt: skip
+    tune(handler, backoff=BUSY)
     log = logging.getLogger("scenario")
     log.propagate = False
     log.setLevel(logging.INFO)

@@ -8,7 +8,8 @@
         Open the spool and deliver what is in it from the background, until stdin closes; then print
         stats() as JSON on stdout and exit.
 
-The write key comes from DREAMDATA_WRITE_KEY. Retry constants are shrunk so tests run quickly.
+The write key comes from DREAMDATA_WRITE_KEY. Retry and spool timings are shortened (given to each handler's
+transport and delivery, see timings.py) so tests run quickly.
 """
 
 from __future__ import annotations
@@ -19,15 +20,9 @@ import os
 import signal
 import sys
 
-from dreamdata_logging import DreamdataHandler, track
-from dreamdata_logging.delivery import outage as worker
-from dreamdata_logging.transport import transport
+from timings import QUICK_BACKOFF, QUICK_SPOOL, tune
 
-transport.BACKOFF_BASE = 0.01
-transport.BACKOFF_CAP = 0.05
-worker.SPOOL_AFTER = 1.0
-worker.SPOOL_RETRY_BASE = 0.05
-worker.SPOOL_RETRY_CAP = 0.2
+from dreamdata_logging import DreamdataHandler, track
 
 
 def main(argv: list[str]) -> int:
@@ -37,6 +32,7 @@ def main(argv: list[str]) -> int:
         handler = DreamdataHandler(
             endpoint=endpoint, spool=spool, max_retries=1, flush_at=100, flush_interval=0.05, shutdown_timeout=3
         )
+        tune(handler, backoff=QUICK_BACKOFF, spool_timing=QUICK_SPOOL)
         log = logging.getLogger("analytics")
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -50,6 +46,7 @@ def main(argv: list[str]) -> int:
         return 0  # interpreter exit: logging.shutdown() closes the handler within shutdown_timeout
     if mode == "drain":
         handler = DreamdataHandler(endpoint=endpoint, spool=spool, flush_at=int(argv[3]), flush_interval=0.05)
+        tune(handler, backoff=QUICK_BACKOFF, spool_timing=QUICK_SPOOL)
         sys.stdin.read()  # the test closes stdin once the collector has everything
         handler.close()  # waits for a send in progress, so its ack is counted
         stats = handler.stats()
