@@ -155,10 +155,12 @@ def test_settings_changed_after_construction_take_effect(collector, make_handler
     assert stats["dropped_queue_full"] == 2 and ledger_adds_up(stats)
 
 
-def test_aflush_waits_for_the_spool_too(collector, make_handler, make_logger, tmp_path: Path, quick_backoff) -> None:
+def test_aflush_waits_for_the_spool_too(collector, make_handler, make_logger, tmp_path: Path) -> None:
     import asyncio
 
-    handler = make_handler(spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=0, timeout=2)
+    handler = make_handler(
+        spool=str(tmp_path / "spool.sqlite"), flush_interval=0.02, max_retries=0, timeout=2, backoff=QUICK_BACKOFF
+    )
     log = make_logger(handler)
     collector.set_down(Fault(503))
     logged = log_numbered(log, 50, "async")
