@@ -87,8 +87,8 @@ class Soak:
                 self.handlers.append(handler)
         # Handlers detached for good: settle them and keep only their counts (memory must stay flat).
         attached = set(self.log.handlers)
-        for handler in [h for h in self.handlers if h not in attached and h.closed]:
-            handler.close()
+        for handler in [h for h in self.handlers if h not in attached]:
+            handler.close()  # (a logging thread may have reopened it after dictConfig closed it)
             if handler.stats()["queued"] == 0:
                 self.stats.append(handler.stats())
                 self.handlers.remove(handler)

@@ -135,7 +135,19 @@ class Delivery:
         )
         self.ledger.attach(buffer)
         full = FullQueue(buffer, self.problems, block_on_full=settings.block_on_full)
-        return Worker(buffer, dispatcher, deadlines, flush_interval=settings.flush_interval, drain=drain, full=full)
+        return Worker(
+            buffer, dispatcher, deadlines,
+            flush_interval=settings.flush_interval, drain=drain, full=full, on_stop=self._worker_stopped,
+        )  # fmt: skip
+
+    def _worker_stopped(self) -> None:
+        """A worker's thread ended after close(): once none is left, let the connections and the deadline
+        thread go too (a handler closed for good leaves nothing running; a reopen starts them again)."""
+        worker = self.worker
+        if not worker.closing or worker.pid != os.getpid():
+            return  # reopened meanwhile (its worker sends), or a parent's worker
+        if all(w.stopped or w.is_worker_thread() for w in self.workers()):
+            self.transport.close()
 
     # -- the process this runs in ---------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.delivery.buffer import FULL, READY, Buffer, Put
@@ -35,7 +35,9 @@ class Worker:
         flush_interval: float,
         drain: Optional[SpoolDrain] = None,
         full: Optional[FullQueue] = None,
+        on_stop: Optional[Callable[[], None]] = None,
     ) -> None:
+        self._on_stop = on_stop  # told when the thread ends after close()
         self.buffer = buffer
         self.dispatcher = dispatcher
         self._deadlines = deadlines
@@ -176,9 +178,14 @@ class Worker:
             woken = self._wake.wait(self.flush_interval)
             self._wake.clear()
             if not self._ship(force=not woken):
-                return
+                break
             if self._drain is not None:
                 self._drain.run(self.buffer.live_waiting, self._is_closing)
+        if self._on_stop is not None:
+            try:
+                self._on_stop()
+            except Exception:  # never a traceback from a thread that is ending
+                pass
 
     def _is_closing(self) -> bool:
         return self.closing

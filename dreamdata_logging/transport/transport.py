@@ -247,4 +247,6 @@ class Transport:
         self.requests_sent = self.retries = self.bytes_sent = 0
 
     def close(self) -> None:
-        self._exchange.close()
+        """Close the connections and end the deadline thread; the next send opens them again (a reopen)."""
+        with self._posting:  # never under a POST in progress (a closing worker's last one)
+            self._exchange.close()
