@@ -13,7 +13,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from dreamdata_logging.events.helpers import Id, _check_id, _check_mapping
+from dreamdata_logging.events.helpers import Id
+from dreamdata_logging.wire.fields import check_id, check_mapping, merged
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,10 +71,10 @@ class bind:  # noqa: N801 - used like a function: ``with bind(user_id=...)``
         integrations: Optional[Mapping[str, Any]] = None,
     ) -> None:
         for name, value, check in (
-            ("user_id", user_id, _check_id),
-            ("anonymous_id", anonymous_id, _check_id),
-            ("context", context, _check_mapping),
-            ("integrations", integrations, _check_mapping),
+            ("user_id", user_id, check_id),
+            ("anonymous_id", anonymous_id, check_id),
+            ("context", context, check_mapping),
+            ("integrations", integrations, check_mapping),
         ):
             if value is not None:  # None binds nothing
                 check(name, value)
@@ -94,12 +95,7 @@ class bind:  # noqa: N801 - used like a function: ``with bind(user_id=...)``
 
     def _merged(self) -> Mapping[str, Any]:
         outer = _BOUND.get()
-        if not outer:
-            return self._fields
-        merged = {**outer, **self._fields}
-        if "context" in outer and "context" in self._fields:
-            merged["context"] = {**outer["context"], **self._fields["context"]}
-        return merged
+        return merged(outer, self._fields) if outer else self._fields
 
     # -- context manager ---------------------------------------------------------------------------
 

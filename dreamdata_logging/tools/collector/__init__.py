@@ -41,7 +41,7 @@ from dreamdata_logging.tools.collector.plan import PlanCheck, PlanSource
 from dreamdata_logging.tools.collector.records import RequestRecord, print_request
 from dreamdata_logging.tools.collector.server import BATCH_PATH, PAGE_PATH, CollectorServer
 from dreamdata_logging.tools.collector.server import EVENTS_PATH as EVENTS_PATH
-from dreamdata_logging.wire.rules import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES, MAX_MESSAGE_BYTES
 
 __all__ = [
     "BATCH_PATH",
@@ -54,7 +54,6 @@ __all__ = [
     "run_collector",
 ]
 
-MESSAGE_TYPES = tuple(REQUIRED_FIELDS)
 #: How many messages (and request records) a :class:`Collector` keeps by default; all are counted.
 DEFAULT_KEEP = 10_000
 #: How many the ``dreamdata-logging collector`` command keeps (it streams everything to ``--out``).
