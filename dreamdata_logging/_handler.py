@@ -17,7 +17,7 @@ from dreamdata_logging.delivery.delivery import Delivery, Settings
 from dreamdata_logging.delivery.problems import OnError, safe_text
 from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import InvalidEventError
-from dreamdata_logging.events import message as wire
+from dreamdata_logging.events import message
 from dreamdata_logging.events import record as _record
 from dreamdata_logging.events.bind import current as _current_bindings
 from dreamdata_logging.spool.spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
@@ -229,7 +229,7 @@ class DreamdataHandler(logging.Handler):
         name = None
         extra = None
         if event is None:
-            found = _record.elsewhere(record)  # structlog's event dict, loguru's record.extra
+            found = _record.found_in_structlog_or_loguru(record)  # structlog's event dict, loguru's record.extra
             if found is not None:
                 event, name, extra = found
         elif self.include_extra:
@@ -243,7 +243,7 @@ class DreamdataHandler(logging.Handler):
         extra_fields = extra if self.include_extra else None
         try:
             if self._shaper is None:
-                data = wire.build_message(event, record, _current_bindings(), extra_fields, name)
+                data = message.build_message(event, record, _current_bindings(), extra_fields, name)
             else:  # before_send or a tracking plan; None: the event was filtered (and counted)
                 shaped = self._shaper.build(event, record, _current_bindings(), extra_fields, name)
                 if shaped is None:

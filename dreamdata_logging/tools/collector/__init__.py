@@ -17,8 +17,9 @@ Besides the standard library it uses only the package's wire checks, the same on
 ``dreamdata-logging send`` applies before sending; it does not need the handler.
 
 This module holds :class:`Collector` (it runs the server and keeps what was accepted) and the command;
-the parts are beside it: request framing (``_collector_http``), the checks (``_collector_checks``),
-routing (``_collector_server``), the debugger's feed (``_collector_feed``) and faults (``_collector_faults``).
+the parts are beside it in this package: request framing (``framing``), the checks (``checks``), routing
+(``server``), the Host and page guard (``guard``), the debugger's page and feed (``page``, ``feed``), the
+tracking-plan check (``plan``), request records (``records``) and faults (``faults``).
 """
 
 from __future__ import annotations
