@@ -65,9 +65,7 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """
     attributes = record.__dict__
     fields = {
-        key: value
-        for key, value in attributes.items()
-        if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
+        key: value for key, value in attributes.items() if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
     }
     if ("level" in fields or "logger" in fields) and _from_structlog_kwargs(record, fields):
         for key in STRUCTLOG_KEYS:
