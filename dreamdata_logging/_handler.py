@@ -22,17 +22,17 @@ from dreamdata_logging.events import record as _record
 from dreamdata_logging.events.bind import current as _current_bindings
 from dreamdata_logging.spool.spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
 from dreamdata_logging.spool.spool import Spool
-from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, Transport
+from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
 from dreamdata_logging.wire.plan import TrackingPlan
 from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES
 
+# The handler's own defaults; the transport's (endpoint, timeout, retries) and the spool's are where those live.
 DEFAULT_FLUSH_AT = 2000
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_MAX_QUEUE_BYTES = 50_000_000
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_RETRIES = 8
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_BLOCK_ON_FULL = 0.0
 
 
 _NUMBERS: dict[str, tuple[Any, float]] = {  # name: (type, smallest value)
@@ -91,7 +91,7 @@ class DreamdataHandler(logging.Handler):
         spool: Union[None, str, os.PathLike[str]] = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         handle_sigterm: bool = True,
-        block_on_full: float = 0.0,
+        block_on_full: float = DEFAULT_BLOCK_ON_FULL,
         level: Union[int, str] = logging.NOTSET,
         before_send: Optional[BeforeSend] = None,
         tracking_plan: Union[None, str, os.PathLike[str], TrackingPlan] = None,
