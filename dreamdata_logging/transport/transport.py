@@ -167,7 +167,7 @@ class Transport:
                 f"dreamdata-logging: endpoint {self.endpoint} is plain http on a non-loopback host; "
                 "the write key would travel unencrypted. Use https.",
                 InsecureEndpointWarning,
-                stacklevel=3,  # the code that built the handler (Transport is made in its __init__)
+                stacklevel=4,  # the code that built the handler (its __init__ makes the Transport through a helper)
             )
         self.requests_sent = 0
         self.retries = 0
