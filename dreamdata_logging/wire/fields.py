@@ -39,22 +39,28 @@ class Field(NamedTuple):
     kind: Kind
 
 
+_KINDS = {
+    Kind.NAME: ("event", "messageId"),
+    Kind.ID: ("userId", "anonymousId", "groupId", "previousId"),
+    Kind.TEXT: ("name", "category"),
+    Kind.MAPPING: ("properties", "traits", "context", "integrations"),
+    Kind.TIMESTAMP: ("timestamp",),
+}
+_ORDER = (
+    "event userId anonymousId groupId previousId name category properties traits context integrations timestamp"
+    " messageId"
+).split()
+
+_KIND_OF = {wire: kind for kind, wires in _KINDS.items() for wire in wires}
+
+
+def _keyword(wire: str) -> str:
+    """A wire name as a Python keyword: ``anonymousId`` -> ``anonymous_id``."""
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in wire)
+
+
 #: Every field of an event, in the order they stand in a message.
-FIELDS: tuple[Field, ...] = (
-    Field("event", "event", Kind.NAME),
-    Field("userId", "user_id", Kind.ID),
-    Field("anonymousId", "anonymous_id", Kind.ID),
-    Field("groupId", "group_id", Kind.ID),
-    Field("previousId", "previous_id", Kind.ID),
-    Field("name", "name", Kind.TEXT),
-    Field("category", "category", Kind.TEXT),
-    Field("properties", "properties", Kind.MAPPING),
-    Field("traits", "traits", Kind.MAPPING),
-    Field("context", "context", Kind.MAPPING),
-    Field("integrations", "integrations", Kind.MAPPING),
-    Field("timestamp", "timestamp", Kind.TIMESTAMP),
-    Field("messageId", "message_id", Kind.NAME),
-)
+FIELDS: tuple[Field, ...] = tuple(Field(wire, _keyword(wire), _KIND_OF[wire]) for wire in _ORDER)
 
 
 class TypeRule(NamedTuple):
@@ -71,8 +77,7 @@ IDENTITY_FIELDS = ("userId", "anonymousId")
 MESSAGE_TYPES: dict[str, TypeRule] = {
     "track": TypeRule(("event",), ("event", "properties")),
     "identify": TypeRule((), ("traits",)),
-    "page": TypeRule((), ("name", "category", "properties")),
-    "screen": TypeRule((), ("name", "category", "properties")),
+    **dict.fromkeys(("page", "screen"), TypeRule((), ("name", "category", "properties"))),
     "group": TypeRule(("groupId",), ("groupId", "traits")),
     "alias": TypeRule(("previousId", "userId"), ("previousId",)),
 }
