@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
 from dreamdata_logging.events.helpers import Id
-from dreamdata_logging.wire.fields import check_id, check_mapping, merged
+from dreamdata_logging.wire.fields import check_id, check_mapping, id_text, merged
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,9 +80,9 @@ class bind:  # noqa: N801 - used like a function: ``with bind(user_id=...)``
                 check(name, value)
         fields: dict[str, Any] = {}
         if user_id is not None:
-            fields["userId"] = user_id if isinstance(user_id, str) else str(user_id)
+            fields["userId"] = id_text("user_id", user_id)
         if anonymous_id is not None:
-            fields["anonymousId"] = anonymous_id if isinstance(anonymous_id, str) else str(anonymous_id)
+            fields["anonymousId"] = id_text("anonymous_id", anonymous_id)
         if context is not None:
             fields["context"] = dict(context)  # a snapshot: later changes to the caller's dict are not seen
         if integrations is not None:
