@@ -10,63 +10,98 @@ from typing import Any, Optional, Union
 from dreamdata_logging import _aflush
 from dreamdata_logging import _options as options
 from dreamdata_logging._diagnostics import Report
+from dreamdata_logging._handler_settings import HandlerSettings, check_number
 from dreamdata_logging._shaping import BeforeSend, make_shaper
 from dreamdata_logging.delivery import lifecycle
 from dreamdata_logging.delivery.delivery import Delivery, Settings
 from dreamdata_logging.delivery.problems import OnError, safe_text
-from dreamdata_logging.delivery.worker import Worker
 from dreamdata_logging.errors import InvalidEventError
-from dreamdata_logging.events import message as wire
+from dreamdata_logging.events import message
 from dreamdata_logging.events import record as _record
 from dreamdata_logging.events.bind import current as _current_bindings
 from dreamdata_logging.spool.spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
 from dreamdata_logging.spool.spool import Spool
-from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, Transport
+from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
 from dreamdata_logging.wire.plan import TrackingPlan
 from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES
 
+# The handler's own defaults; the transport's (endpoint, timeout, retries) and the spool's are where those live.
 DEFAULT_FLUSH_AT = 2000
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_MAX_QUEUE_BYTES = 50_000_000
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_RETRIES = 8
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_BLOCK_ON_FULL = 0.0
 
 
-_NUMBERS: dict[str, tuple[Any, float]] = {  # name: (type, smallest value)
-    "flush_at": (int, 1),
-    "flush_interval": (float, 0.001),
-    "max_queue_size": (int, 1),
-    "max_queue_bytes": (int, MAX_MESSAGE_BYTES),
-    "shutdown_timeout": (float, 0),
-    "block_on_full": (float, 0),
-}
+def _make_transport(
+    write_key: Optional[str],
+    endpoint: Optional[str],
+    timeout: Any,
+    max_retries: Any,
+    gzip: Any,
+    verify: Any,
+    proxies: Optional[Mapping[str, str]],
+) -> Transport:
+    """A new handler's transport: the write key and endpoint given or from the environment, its options checked."""
+    key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
+    if not key or not isinstance(key, str):
+        raise ValueError("DreamdataHandler needs a write key: pass write_key=... or set DREAMDATA_WRITE_KEY")
+    return Transport(
+        endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
+        key,
+        timeout=options.as_number("timeout", timeout, float, 0.001),
+        max_retries=options.as_number("max_retries", max_retries, int, 0),
+        gzip=options.as_bool("gzip", gzip),
+        verify=options.as_verify(verify),
+        proxies=options.as_proxies(proxies),
+    )
 
 
-def _check(name: str, value: Any) -> Any:
-    kind, minimum = _NUMBERS[name]
-    return options.as_number(name, value, kind, minimum)
-
-
-def _setting(name: str, doc: str) -> Any:
-    """A handler attribute kept in its delivery's settings: read there, checked and applied when set."""
-
-    def get(self: DreamdataHandler) -> Any:
-        return getattr(self._delivery.settings, name)
-
-    def set_(self: DreamdataHandler, value: Any) -> None:
-        self._delivery.apply(name, _check(name, value))
-
-    return property(get, set_, doc=doc)
-
-
-class DreamdataHandler(logging.Handler):
+class DreamdataHandler(HandlerSettings, logging.Handler):
     """Sends records that carry event data (the ``dreamdata`` attribute) to Dreamdata's batch endpoint.
 
     Records without it are ignored, so the handler can sit on the root logger. ``emit()`` turns the
     record into message bytes in the caller's thread and queues them; a background thread ships them
     in batches. It never blocks on the network and never raises into the caller.
+
+    Args:
+        write_key: the source's write key (HTTP Basic username). Default None: ``DREAMDATA_WRITE_KEY`` from the
+            environment; neither is a ValueError.
+        endpoint: URL of the batch endpoint; ``http://host:port`` means ``.../v1/batch``. Default None:
+            ``DREAMDATA_ENDPOINT`` from the environment, else ``https://api.dreamdata.cloud/v1/batch``.
+        flush_at: most messages in one request (which also stays within 500,000 bytes). Default 2,000.
+        flush_interval: seconds a message may wait before its (partial) batch is sent. Default 1.0.
+        max_queue_size: events held in memory, in flight included; past it new events are dropped and
+            counted. Default 100,000.
+        max_queue_bytes: the same bound in bytes of serialised messages. Default 50,000,000.
+        timeout: seconds one HTTP request may take. Default 10.0.
+        max_retries: retries of one batch after network errors, 408, 429 and 5xx. Default 8.
+        shutdown_timeout: seconds ``close()`` or interpreter exit may spend delivering. Default 5.0.
+        gzip: compress request bodies (``Content-Encoding: gzip``). Default False.
+        send: False builds, checks and counts each event but sends nothing. Default True.
+        on_error: ``on_error(exception, messages)``, called for events refused, not delivered or dropped by
+            a full queue (from the worker thread); an import path ``"pkg.module:name"`` in a config file.
+            Default None.
+        verify: TLS verification: True, False or the path of a CA bundle. Default True.
+        proxies: a ``requests`` proxies mapping (``HTTPS_PROXY`` and the like work too). Default None.
+        include_extra: the record's other ``extra`` keys become properties (traits for identify and group).
+            Default False.
+        spool: path of an SQLite file keeping what cannot be delivered yet, for later or for the next
+            process. Default None: no spool.
+        spool_max_bytes: bytes of messages the spool may hold; past it the oldest are dropped and counted.
+            Default 100,000,000.
+        handle_sigterm: on SIGTERM, deliver what is queued (within ``shutdown_timeout``) before the process
+            ends. Default True.
+        block_on_full: seconds a caller may wait for room in a full queue before its event is dropped.
+            Default 0.0: dropped at once.
+        level: the handler's logging level. Default ``logging.NOTSET`` (0).
+        before_send: ``before_send(message)``, run in the logging thread on each complete message; what it
+            returns is sent, None drops the event (counted as filtered). Default None.
+        tracking_plan: a tracking plan (a YAML or JSON file, or a ``TrackingPlan``) each event is checked
+            against in the logging thread; needs the ``plan`` extra. Default None.
+        plan_policy: what to do with an event that breaks the plan: ``"report"`` sends and reports it,
+            ``"drop"`` drops it (counted as filtered). Default ``"report"``.
     """
 
     def __init__(
@@ -90,35 +125,24 @@ class DreamdataHandler(logging.Handler):
         spool: Union[None, str, os.PathLike[str]] = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         handle_sigterm: bool = True,
-        block_on_full: float = 0.0,
+        block_on_full: float = DEFAULT_BLOCK_ON_FULL,
         level: Union[int, str] = logging.NOTSET,
         before_send: Optional[BeforeSend] = None,
         tracking_plan: Union[None, str, os.PathLike[str], TrackingPlan] = None,
         plan_policy: str = "report",
     ) -> None:
         super().__init__(level)
-        key = write_key or os.environ.get("DREAMDATA_WRITE_KEY")
-        if not key or not isinstance(key, str):
-            raise ValueError("DreamdataHandler needs a write key: pass write_key=... or set DREAMDATA_WRITE_KEY")
         settings = Settings(
-            flush_at=_check("flush_at", flush_at),
-            flush_interval=_check("flush_interval", flush_interval),
-            max_queue_size=_check("max_queue_size", max_queue_size),
-            max_queue_bytes=_check("max_queue_bytes", max_queue_bytes),
-            shutdown_timeout=_check("shutdown_timeout", shutdown_timeout),
-            block_on_full=_check("block_on_full", block_on_full),
+            flush_at=check_number("flush_at", flush_at),
+            flush_interval=check_number("flush_interval", flush_interval),
+            max_queue_size=check_number("max_queue_size", max_queue_size),
+            max_queue_bytes=check_number("max_queue_bytes", max_queue_bytes),
+            shutdown_timeout=check_number("shutdown_timeout", shutdown_timeout),
+            block_on_full=check_number("block_on_full", block_on_full),
         )
         self.include_extra = options.as_bool("include_extra", include_extra)
         self._handle_sigterm = options.as_bool("handle_sigterm", handle_sigterm)
-        self._transport = Transport(
-            endpoint or os.environ.get("DREAMDATA_ENDPOINT") or DEFAULT_ENDPOINT,
-            key,
-            timeout=options.as_number("timeout", timeout, float, 0.001),
-            max_retries=options.as_number("max_retries", max_retries, int, 0),
-            gzip=options.as_bool("gzip", gzip),
-            verify=options.as_verify(verify),
-            proxies=options.as_proxies(proxies),
-        )
+        self._transport = _make_transport(write_key, endpoint, timeout, max_retries, gzip, verify, proxies)
         spool_path = options.as_path("spool", spool)
         self._spool_max_bytes = options.as_number("spool_max_bytes", spool_max_bytes, int, MAX_MESSAGE_BYTES)
         self._spool = Spool(spool_path, self._spool_max_bytes) if spool_path else None
@@ -132,79 +156,7 @@ class DreamdataHandler(logging.Handler):
         self.send = send
         self.before_send = options.as_callable("before_send", before_send)
         self._shaper = make_shaper(self._delivery, self.before_send, tracking_plan, plan_policy)
-        self._started()
-
-    def _started(self) -> None:
-        """Process-wide wiring: the registry, a warning where threads cannot run, SIGTERM, the spool."""
-        lifecycle.register(self)
-        no_threads = lifecycle.threads_unavailable()
-        if no_threads is not None and self.send:
-            self._delivery.report(Report.NO_THREADS, no_threads, logging.ERROR)
-        if self._handle_sigterm:
-            lifecycle.install_sigterm()
-        if self.send:
-            self._delivery.resume_spool()  # events left by an earlier outage or process: send them now
-
-    # -- settings: each takes effect at once when set ---------------------------------------------
-
-    flush_at = _setting("flush_at", "most messages in one request")
-    flush_interval = _setting("flush_interval", "seconds a message may wait before its batch is sent")
-    max_queue_size = _setting("max_queue_size", "events held in memory; past it new ones are dropped and counted")
-    max_queue_bytes = _setting("max_queue_bytes", "bytes of events held in memory")
-    shutdown_timeout = _setting("shutdown_timeout", "seconds close() and interpreter exit may spend delivering")
-    block_on_full = _setting("block_on_full", "seconds a caller may wait for room in a full queue (0: drop)")
-
-    @property
-    def send(self) -> bool:
-        """Whether events are sent; with False they are built and checked, then counted ``unsent``."""
-        return self._delivery.queue.send
-
-    @send.setter
-    def send(self, value: Any) -> None:
-        self._delivery.queue.send = options.as_bool("send", value)
-
-    @property
-    def on_error(self) -> Optional[OnError]:
-        """Called as ``on_error(exception, messages)`` for events that are refused or cannot be delivered."""
-        return self._delivery.on_error
-
-    @on_error.setter
-    def on_error(self, value: Optional[OnError]) -> None:
-        self._delivery.on_error = options.as_callable("on_error", value)
-
-    @property
-    def spool_max_bytes(self) -> int:
-        """Bytes the spool file may hold; past it the oldest spooled events are dropped (counted)."""
-        return self._spool.max_bytes if self._spool is not None else self._spool_max_bytes
-
-    @spool_max_bytes.setter
-    def spool_max_bytes(self, value: Any) -> None:
-        self._spool_max_bytes = options.as_number("spool_max_bytes", value, int, MAX_MESSAGE_BYTES)
-        if self._spool is not None:
-            self._spool.max_bytes = self._spool_max_bytes
-
-    @property
-    def handle_sigterm(self) -> bool:
-        """Read-only: whether SIGTERM delivers what is queued (decided when the handler is made)."""
-        return self._handle_sigterm
-
-    @property
-    def _worker(self) -> Worker:
-        return self._delivery.worker
-
-    @property
-    def closed(self) -> bool:
-        """Closed and not used since (an event reopens it, as ``logging.FileHandler`` reopens its file)."""
-        return self._delivery.worker.closing
-
-    @property
-    def reopened(self) -> bool:
-        """The handler was closed and then used again (logging.shutdown() no longer closes it at exit)."""
-        return self._delivery.renewed
-
-    @property
-    def endpoint(self) -> str:
-        return self._transport.endpoint
+        _started(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.endpoint} ({logging.getLevelName(self.level)})>"
@@ -237,7 +189,7 @@ class DreamdataHandler(logging.Handler):
         name = None
         extra = None
         if event is None:
-            found = _record.elsewhere(record)  # structlog's event dict, loguru's record.extra
+            found = _record.found_in_structlog_or_loguru(record)  # structlog's event dict, loguru's record.extra
             if found is not None:
                 event, name, extra = found
         elif self.include_extra:
@@ -251,7 +203,7 @@ class DreamdataHandler(logging.Handler):
         extra_fields = extra if self.include_extra else None
         try:
             if self._shaper is None:
-                data = wire.build_message(event, record, _current_bindings(), extra_fields, name)
+                data = message.build_message(event, record, _current_bindings(), extra_fields, name)
             else:  # before_send or a tracking plan; None: the event was filtered (and counted)
                 shaped = self._shaper.build(event, record, _current_bindings(), extra_fields, name)
                 if shaped is None:
@@ -312,3 +264,15 @@ class DreamdataHandler(logging.Handler):
     def _invalid(self, error: InvalidEventError, event: Any) -> None:
         self._delivery.sink.invalid(error)
         self._delivery.problems.invalid(error, event)
+
+
+def _started(handler: DreamdataHandler) -> None:
+    """A new handler's process-wide wiring: the registry, a warning where threads cannot run, SIGTERM, the spool."""
+    lifecycle.register(handler)
+    no_threads = lifecycle.threads_unavailable()
+    if no_threads is not None and handler.send:
+        handler._delivery.report(Report.NO_THREADS, no_threads, logging.ERROR)
+    if handler.handle_sigterm:
+        lifecycle.install_sigterm()
+    if handler.send:
+        handler._delivery.resume_spool()  # events left by an earlier outage or process: send them now

@@ -34,14 +34,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from dreamdata_logging.events import bind as _context
 from dreamdata_logging.events import encoding
+from dreamdata_logging.events.bind import bind, bound
 
 #: The task-message header that carries the bound values.
 HEADER = "dreamdata_bound"
 
 _FIELDS = {"userId": str, "anonymousId": str, "context": dict, "integrations": dict}
-_tokens: dict[str, Any] = {}  # task id -> the ContextVar token of its binding, until task_postrun
+_binds: dict[str, bind] = {}  # task id -> the bind entered for it, until task_postrun
 _kept: list[tuple[str, logging.Handler]] = []  # (logger name, handler) to attach again after Celery's set-up
 _setup_lock = threading.Lock()
 _done = False
@@ -68,11 +68,11 @@ def setup() -> None:
 
 
 def _on_publish(headers: Optional[dict[str, Any]] = None, **_: Any) -> None:
-    bound = _context.current()
-    if not bound or headers is None:
+    values = bound()
+    if not values or headers is None:
         return
     try:
-        headers[HEADER] = encoding.dumps(dict(bound)).decode("utf-8")
+        headers[HEADER] = encoding.dumps(values).decode("utf-8")
     except Exception:  # never fail a publish over analytics
         pass
 
@@ -98,18 +98,29 @@ def _on_prerun(task_id: Optional[str] = None, task: Any = None, **_: Any) -> Non
     request = getattr(task, "request", None)
     if request is None or getattr(request, "is_eager", False) or task_id is None:
         return  # run eagerly: the caller's own bindings are in force already
-    # Set, not merged: whatever a previous task left (it should not) is replaced.
-    _tokens[task_id] = _context._BOUND.set(_bound_from(request))
+    values = _bound_from(request) or {}
+    try:
+        binding = bind(
+            user_id=values.get("userId") or None,
+            anonymous_id=values.get("anonymousId") or None,
+            context=values.get("context"),
+            integrations=values.get("integrations"),
+        )
+    except (TypeError, ValueError):  # never fail a task over analytics; _bound_from checked the types
+        return
+    # Entered as ``with bind(...)`` would be, and left at task_postrun: a worker runs its tasks with
+    # nothing bound around them, so the task sees what its message carries and nothing more.
+    _binds[task_id] = binding.__enter__()
 
 
 def _on_postrun(task_id: Optional[str] = None, **_: Any) -> None:
-    token = _tokens.pop(task_id, None) if task_id is not None else None
-    if token is None:
+    binding = _binds.pop(task_id, None) if task_id is not None else None
+    if binding is None:
         return
     try:
-        _context._BOUND.reset(token)
-    except ValueError:  # postrun in another context than prerun: unbind all the same
-        _context._BOUND.set(None)
+        binding.__exit__(None, None, None)
+    except (RuntimeError, ValueError):  # postrun in another context than prerun: nothing to leave here
+        pass
 
 
 # -- the worker's logging set-up -------------------------------------------------------------------

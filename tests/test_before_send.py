@@ -112,8 +112,11 @@ def test_a_hook_that_raises_makes_the_event_invalid_naming_before_send(
     "result, reason",
     [
         (["not", "a", "message"], "before_send must return the message or None, not list"),
-        ({"type": "track", "event": "X"}, "needs a userId or an anonymousId (in what before_send returned)"),
-        ({"type": "shout", "userId": "1"}, "unknown type 'shout'"),
+        ({"type": "track", "event": "X"}, "needs a non-empty 'userId' or 'anonymousId' (in what before_send returned)"),
+        (
+            {"type": "shout", "userId": "1"},
+            "'type' must be one of track, identify, page, screen, group, alias, not 'shout'",
+        ),
     ],
 )
 def test_what_it_returns_is_checked_as_any_event(make_handler, make_logger, result: Any, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import logging.config
@@ -176,3 +177,36 @@ def test_queue_handler_in_front_delivers_at_exit(collector):
     assert sorted(m["properties"]["n"] for m in received) == list(range(300))
     assert received[0]["event"] == "Queued 0"
     assert "not delivered" not in done.stderr
+
+
+def _documented_keywords() -> dict[str, str]:
+    """Each entry of the Args block of DreamdataHandler's docstring: keyword -> its text."""
+    doc = DreamdataHandler.__doc__ or ""
+    assert "\n    Args:\n" in doc
+    entries: dict[str, str] = {}
+    keyword = None
+    for line in doc.split("\n    Args:\n", 1)[1].splitlines():
+        if line.startswith(" " * 12) and keyword is not None:
+            entries[keyword] += " " + line.strip()
+        elif line.startswith(" " * 8) and ":" in line:
+            keyword, text = line.strip().split(":", 1)
+            entries[keyword] = text.strip()
+    return entries
+
+
+def test_every_keyword_is_documented_with_its_default() -> None:
+    parameters = dict(inspect.signature(DreamdataHandler.__init__).parameters)
+    del parameters["self"]
+    entries = _documented_keywords()
+    assert list(entries) == list(parameters)  # each keyword, in the order of the signature
+    for name, parameter in parameters.items():
+        default = parameter.default
+        if name == "level":
+            shown = f"logging.NOTSET ({default})"
+        elif isinstance(default, bool) or default is None:
+            shown = repr(default)
+        elif isinstance(default, (int, float)):
+            shown = f"{default:,}"
+        else:
+            shown = f'"{default}"'
+        assert f"Default {shown}" in entries[name].replace("``", ""), (name, shown, entries[name])

@@ -244,8 +244,8 @@ def test_refused_events_alone_with_reasons_neighbours_arrive(collector, make_han
     assert handler.stats()["invalid"] == 4
     reasons = [str(e) for e in errors]
     assert any("'Too Big'" in r and "the limit is 32,000" in r for r in reasons)
-    assert any("'No Id'" in r and "userId or an anonymousId" in r for r in reasons)
-    assert any("'Bad Props'" in r and "properties must be a mapping" in r for r in reasons)
+    assert any("'No Id'" in r and "'userId' or 'anonymousId'" in r for r in reasons)
+    assert any("'Bad Props'" in r and "'properties' must be a mapping, not list" in r for r in reasons)
     assert any("'Circular'" in r and "circular" in r for r in reasons)
     assert "the limit is 32,000" in caplog.text
 
@@ -257,7 +257,7 @@ def test_invalid_event_reports_are_rate_limited(collector, make_handler, make_lo
         for _ in range(50):
             log.info("No Id", extra=track())
     assert handler.stats()["invalid"] == 50
-    assert caplog.text.count("userId or an anonymousId") == 1
+    assert caplog.text.count("'userId' or 'anonymousId'") == 1
 
 
 def test_snapshot_at_emit_and_callers_dicts_untouched(collector, make_handler, make_logger):

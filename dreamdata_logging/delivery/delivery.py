@@ -53,7 +53,7 @@ class Settings:
     max_queue_size: int
     max_queue_bytes: int
     shutdown_timeout: float
-    block_on_full: float = 0.0  # seconds a caller may wait for room in a full queue
+    block_on_full: float  # seconds a caller may wait for room in a full queue
 
 
 #: Most times one event goes to a renewed worker because the one it found had just closed.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dreamdata_logging.spool.spool import Claim, Spool, SpoolUnavailable
+from dreamdata_logging.transport.transport import DEFAULT_TIMEOUT
 
 #: Seconds a live batch may take (retries included) before it goes to the spool.
 SPOOL_AFTER = 15.0
@@ -100,7 +101,7 @@ class SpoolDrain:
         self._flush_at = flush_at
         self._body_room = body_room
         self._claim_limit = flush_at  # halved after a 413 from the endpoint
-        self._timeout = 10.0  # one request's time: set by the owner from the transport
+        self._timeout = DEFAULT_TIMEOUT  # one request's time: set by the owner from the transport
 
     def set_request_timeout(self, seconds: float) -> None:
         self._timeout = seconds

@@ -13,7 +13,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from dreamdata_logging.events.helpers import Id, _check_id, _check_mapping
+from dreamdata_logging.events.helpers import Id
+from dreamdata_logging.wire.fields import check_id, check_mapping, id_text, merged
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,18 +71,18 @@ class bind:  # noqa: N801 - used like a function: ``with bind(user_id=...)``
         integrations: Optional[Mapping[str, Any]] = None,
     ) -> None:
         for name, value, check in (
-            ("user_id", user_id, _check_id),
-            ("anonymous_id", anonymous_id, _check_id),
-            ("context", context, _check_mapping),
-            ("integrations", integrations, _check_mapping),
+            ("user_id", user_id, check_id),
+            ("anonymous_id", anonymous_id, check_id),
+            ("context", context, check_mapping),
+            ("integrations", integrations, check_mapping),
         ):
             if value is not None:  # None binds nothing
                 check(name, value)
         fields: dict[str, Any] = {}
         if user_id is not None:
-            fields["userId"] = user_id if isinstance(user_id, str) else str(user_id)
+            fields["userId"] = id_text("user_id", user_id)
         if anonymous_id is not None:
-            fields["anonymousId"] = anonymous_id if isinstance(anonymous_id, str) else str(anonymous_id)
+            fields["anonymousId"] = id_text("anonymous_id", anonymous_id)
         if context is not None:
             fields["context"] = dict(context)  # a snapshot: later changes to the caller's dict are not seen
         if integrations is not None:
@@ -94,12 +95,7 @@ class bind:  # noqa: N801 - used like a function: ``with bind(user_id=...)``
 
     def _merged(self) -> Mapping[str, Any]:
         outer = _BOUND.get()
-        if not outer:
-            return self._fields
-        merged = {**outer, **self._fields}
-        if "context" in outer and "context" in self._fields:
-            merged["context"] = {**outer["context"], **self._fields["context"]}
-        return merged
+        return merged(outer, self._fields) if outer else self._fields
 
     # -- context manager ---------------------------------------------------------------------------
 

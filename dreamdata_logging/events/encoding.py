@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from pythonjsonlogger import defaults
 
 from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES, too_big
 
 _orjson: Any = None
 if not os.environ.get("DREAMDATA_LOGGING_NO_ORJSON"):
@@ -99,6 +100,21 @@ def dumps(value: Any, *, fast: Optional[bool] = None) -> bytes:
     except RecursionError:
         raise InvalidEventError("data is nested too deeply to serialise") from None
     return _dumps_json(clean)
+
+
+def encode_message(message: Any) -> tuple[Optional[bytes], Optional[str]]:
+    """A decoded message's compact UTF-8 JSON as the endpoint's side writes it (the standard library's
+    spelling of numbers), or why it cannot travel: text that is not Unicode, a number JSON cannot hold,
+    or over :data:`~dreamdata_logging.wire.rules.MAX_MESSAGE_BYTES` serialised."""
+    try:
+        data = _dumps_json(message)
+    except UnicodeEncodeError:  # a lone surrogate escape, e.g. "\ud800": valid JSON, not Unicode
+        return None, "contains text that is not valid Unicode (a lone surrogate)"
+    except ValueError:  # a number too large for a float, e.g. 1e400, is read as infinity
+        return None, "contains a number too large to be sent as JSON (it reads as infinity)"
+    if len(data) > MAX_MESSAGE_BYTES:
+        return None, f"is {too_big(len(data))}"
+    return data, None
 
 
 def standard_size(data: bytes) -> int:

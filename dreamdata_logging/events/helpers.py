@@ -12,60 +12,14 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
+from dreamdata_logging.wire.fields import CHECKS, Check, fields_of
+
 Id = Union[str, int]
 Timestamp = Union[datetime.datetime, str, int, float]
 Fields = Optional[Mapping[str, Any]]
 
 
-def _check_id(name: str, value: Any) -> None:
-    if type(value) is str and value:
-        return
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"{name} must be a str or int, not {type(value).__name__}")
-    if value == "":
-        raise ValueError(f"{name} must not be empty")
-
-
-def _check_mapping(name: str, value: Any) -> None:
-    if type(value) is not dict and not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a mapping, not {type(value).__name__}")
-
-
-def _check_timestamp(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (datetime.datetime, str, int, float)):
-        raise TypeError(f"timestamp must be a datetime, ISO 8601 str or epoch seconds, not {type(value).__name__}")
-
-
-def _check_nonempty_text(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a non-empty str")
-
-
-def _check_text(name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-
-
-_Check = Callable[[str, Any], None]
-_Layout = tuple[tuple[int, str, str, _Check], ...]
-
-# Every field a helper may take: its keyword (which errors name), its wire name and its check, in the
-# order the fields stand in an event.
-_FIELDS: tuple[tuple[str, str, _Check], ...] = (
-    ("event", "event", _check_nonempty_text),
-    ("user_id", "userId", _check_id),
-    ("anonymous_id", "anonymousId", _check_id),
-    ("group_id", "groupId", _check_id),
-    ("previous_id", "previousId", _check_id),
-    ("name", "name", _check_text),
-    ("category", "category", _check_text),
-    ("properties", "properties", _check_mapping),
-    ("traits", "traits", _check_mapping),
-    ("context", "context", _check_mapping),
-    ("integrations", "integrations", _check_mapping),
-    ("timestamp", "timestamp", _check_timestamp),
-    ("message_id", "messageId", _check_nonempty_text),
-)
+_Layout = tuple[tuple[int, str, str, Check], ...]
 
 # Per event type, the helper's fields: (position among its parameters, keyword, wire name, check), in
 # event order. Filled from the helpers' signatures below.
@@ -185,14 +139,13 @@ def alias(
 
 
 def _layout(helper: Callable[..., Any]) -> _Layout:
-    """Where each of ``helper``'s fields stands among its parameters, in event order."""
+    """Where each of ``helper``'s fields stands among its parameters, in event order: its parameters are
+    the fields the field-rule table gives its message type, each under its keyword."""
     parameters = list(inspect.signature(helper).parameters)
-    layout = tuple(
-        (parameters.index(keyword), keyword, wire, check) for keyword, wire, check in _FIELDS if keyword in parameters
-    )
-    if len(layout) != len(parameters):
-        raise AssertionError(f"{helper.__name__}() has a parameter that is not an event field")
-    return layout
+    fields = fields_of(helper.__name__)
+    if sorted(parameters) != sorted(field.keyword for field in fields):
+        raise AssertionError(f"{helper.__name__}() does not take the fields of its message type")
+    return tuple((parameters.index(f.keyword), f.keyword, f.wire, CHECKS[f.kind]) for f in fields)
 
 
 _LAYOUTS.update((helper.__name__, _layout(helper)) for helper in (track, identify, page, screen, group, alias))

@@ -8,17 +8,16 @@ from typing import Any, Callable, Optional
 
 from dreamdata_logging.errors import InvalidEventError
 from dreamdata_logging.events import encoding
+from dreamdata_logging.wire import fields
+from dreamdata_logging.wire.fields import ID_FIELDS, MAPPING_FIELDS, NO_IDENTITY, REQUIRED_FIELDS, Kind, merged, quoted
 from dreamdata_logging.wire.rules import (
     _LIBRARY_ONLY,
-    ID_FIELDS,
-    MAPPING_FIELDS,
     MAX_MESSAGE_BYTES,
-    REQUIRED_FIELDS,
-    _id_text,
     _show,
     describe,
     format_timestamp,
     new_message_id,
+    too_big,
     user_timestamp,
 )
 
@@ -45,13 +44,11 @@ def build_message(
     spliced around the encoder's output for the caller's own fields, rather than copied into them.
     """
     if type(event) is not dict and not isinstance(event, Mapping):
-        raise InvalidEventError(f"the 'dreamdata' attribute must be a mapping, not {type(event).__name__}")
-    message = _merged(event, defaults) if defaults else dict(event)  # a copy: the caller's dict stays as it is
+        raise InvalidEventError(fields.wrong_kind("the 'dreamdata' attribute", Kind.MAPPING, type(event).__name__))
+    message = merged(defaults, event) if defaults else dict(event)  # a copy: the caller's dict stays as it is
     kind = message.pop("type", "track")
     if type(kind) is not str or kind not in REQUIRED_FIELDS:
-        raise InvalidEventError(
-            f"unknown type {_show(kind)}; expected one of {', '.join(REQUIRED_FIELDS)}", describe(message)
-        )
+        raise InvalidEventError(fields.unknown_type(_show(kind)), describe(message))
     if kind == "track" and "event" not in message:
         message["event"] = record.getMessage() if name is None else name
     try:
@@ -73,9 +70,7 @@ def build_message(
     if size > limit - _NEAR_LIMIT:  # near the limit: measure as the endpoint's side would
         size = max(size, encoding.standard_size(data))
     if size > limit:
-        raise InvalidEventError(
-            f"{size:,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}", describe({"type": kind, **message})
-        )
+        raise InvalidEventError(too_big(size), describe({"type": kind, **message}))
     return data
 
 
@@ -83,14 +78,6 @@ def build_message(
 _NEAR_LIMIT = 8_000
 _LIBRARY_JSON = encoding.dumps(_LIBRARY_ONLY)  # {"library":{...}}
 _LIBRARY_FIELD = b"," + _LIBRARY_JSON[1:]  # ,"library":{...}}
-
-
-def _merged(event: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """What bind() says, under what the event says; contexts are merged key by key."""
-    message = {**defaults, **event}
-    if "context" in defaults and event.get("context") is not None:
-        message["context"] = {**defaults["context"], **event["context"]}
-    return message
 
 
 def _check(kind: str, message: dict[str, Any]) -> None:
@@ -101,17 +88,20 @@ def _check(kind: str, message: dict[str, Any]) -> None:
             if field in message:
                 del message[field]
         elif type(value) is not dict and not isinstance(value, Mapping):
-            raise InvalidEventError(f"{field} must be a mapping, not {type(value).__name__}")
+            raise InvalidEventError(fields.wrong_kind(quoted(field), Kind.MAPPING, type(value).__name__))
     for field in ID_FIELDS:
         value = message.get(field)
         if value is not None and type(value) is not str:
-            message[field] = _id_text(field, value)
+            try:
+                message[field] = fields.id_text(quoted(field), value)
+            except TypeError as error:
+                raise InvalidEventError(str(error)) from None
     if not (message.get("userId") or message.get("anonymousId")):
-        raise InvalidEventError("needs a userId or an anonymousId")
+        raise InvalidEventError(NO_IDENTITY)
     for field in REQUIRED_FIELDS[kind]:
         value = message.get(field)
         if not isinstance(value, str) or not value:
-            raise InvalidEventError(f"{kind} needs {field} as a non-empty string")
+            raise InvalidEventError(fields.missing(field, kind))
 
 
 def _head(kind: str, message: dict[str, Any], record: logging.LogRecord) -> bytes:
@@ -123,7 +113,7 @@ def _head(kind: str, message: dict[str, Any], record: logging.LogRecord) -> byte
         if type(message_id) is not str:
             message_id = str(encoding.convert(message_id))
         if message_id == "":  # the endpoint would refuse the whole batch over it
-            raise InvalidEventError("messageId must not be empty")
+            raise InvalidEventError(fields.empty(quoted("messageId")))
         id_json = encoding.dumps(message_id).decode("utf-8")
     timestamp = message.pop("timestamp", None)
     if timestamp is None:

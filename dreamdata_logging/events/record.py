@@ -51,7 +51,7 @@ _STRUCTLOG_LEVEL_NAMES = {
     "CRITICAL": ("critical", "fatal"),
 }
 
-#: What :func:`elsewhere` finds: the partial message, a track's default name (None: the record's
+#: What :func:`found_in_structlog_or_loguru` finds: the partial message, a track's default name (None: the record's
 #: formatted message), and the fields ``include_extra`` would add.
 Found = tuple[Mapping[str, Any], Optional[str], dict[str, Any]]
 
@@ -65,9 +65,7 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """
     attributes = record.__dict__
     fields = {
-        key: value
-        for key, value in attributes.items()
-        if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
+        key: value for key, value in attributes.items() if key not in RESERVED_RECORD_ATTRS and not key.startswith("_")
     }
     if ("level" in fields or "logger" in fields) and _from_structlog_kwargs(record, fields):
         for key in STRUCTLOG_KEYS:
@@ -82,7 +80,7 @@ def _from_structlog_kwargs(record: logging.LogRecord, fields: Mapping[str, Any])
     return fields.get("logger") == record.name
 
 
-def elsewhere(record: logging.LogRecord) -> Optional[Found]:
+def found_in_structlog_or_loguru(record: logging.LogRecord) -> Optional[Found]:
     """Event data of a record without a ``dreamdata`` attribute, where other logging libraries put it.
 
     Runs for every plain record that reaches the handler, so a record of neither kind costs two checks.

@@ -82,16 +82,6 @@ def split_endpoint(endpoint: object) -> tuple[str, str]:
     return url, f"{scheme}://{parts.netloc}{path}"
 
 
-def normalise_endpoint(endpoint: str) -> str:
-    """The URL requests go to. A base URL is accepted: ``http://127.0.0.1:8765`` means ``.../v1/batch``."""
-    return split_endpoint(endpoint)[0]
-
-
-def display_endpoint(endpoint: str) -> str:
-    """The endpoint as shown in text: scheme://host[:port]/path, without userinfo, query or fragment."""
-    return split_endpoint(endpoint)[1]
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True

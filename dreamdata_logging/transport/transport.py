@@ -2,16 +2,16 @@
 
 :class:`Transport` ties the parts together and keeps the counters; this module holds the retry policy:
 
-- which failures are retried: network errors, 408, 429 and 5xx (see ``_answer``), at most ``max_retries`` times;
+- which failures are retried: network errors, 408, 429 and 5xx (see ``answer``), at most ``max_retries`` times;
 - how long to wait before each retry (a :class:`Backoff`, given to the transport): an answer's Retry-After
   (clamped to :data:`RETRY_AFTER_CAP`), else a full-jitter exponential backoff, and at most
   :data:`RETRY_WAIT_BUDGET` seconds in all for one batch;
 - a deadline and ``close()`` cut the waits short (see :meth:`Transport.send`).
 
 Safety against a misbehaving endpoint lives in the parts: redirects are never followed and answers are read
-within bounds (``_answer``), every request has a total deadline (``_watchdog``), no error text carries the write
-key or the endpoint's query string or fragment (``_redact``), and bad settings fail at construction
-(``_endpoint``). The POST itself is ``_exchange``.
+within bounds (``answer``), every request has a total deadline (``watchdog``), no error text carries the write
+key or the endpoint's query string or fragment (``redact``), and bad settings fail at construction
+(``endpoint``). The POST itself is ``exchange``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ __all__ = [
     "BACKOFF_CAP",
     "Backoff",
     "DEFAULT_ENDPOINT",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
     "MAX_ANSWER_BYTES",
     "RETRY_AFTER_CAP",
     "RETRY_WAIT_BUDGET",
@@ -55,6 +57,10 @@ __all__ = [
     "retry_after_seconds",
 ]
 
+#: Seconds one request may take (connecting, sending and reading the answer), unless told otherwise.
+DEFAULT_TIMEOUT = 10.0
+#: Retries of one batch after its first attempt, unless told otherwise.
+DEFAULT_MAX_RETRIES = 8
 #: Backoff before retry n is uniform in [0, min(BACKOFF_CAP, BACKOFF_BASE * 2**n)] ("full jitter").
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
@@ -160,8 +166,8 @@ class Transport:
         endpoint: str,
         write_key: str,
         *,
-        timeout: float = 10.0,
-        max_retries: int = 8,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         gzip: bool = False,
         verify: Union[bool, str] = True,
         proxies: Optional[Mapping[str, str]] = None,
@@ -183,7 +189,7 @@ class Transport:
                 f"dreamdata-logging: endpoint {self.endpoint} is plain http on a non-loopback host; "
                 "the write key would travel unencrypted. Use https.",
                 InsecureEndpointWarning,
-                stacklevel=3,  # the code that built the handler (Transport is made in its __init__)
+                stacklevel=4,  # the code that built the handler (its __init__ makes the Transport through a helper)
             )
         self.requests_sent = 0
         self.retries = 0

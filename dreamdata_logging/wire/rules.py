@@ -16,23 +16,20 @@ from typing import Any, Callable, Optional
 
 from dreamdata_logging._version import __version__
 from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.wire import fields
+from dreamdata_logging.wire.fields import IDENTITY_FIELDS, MAPPING_FIELDS, NO_IDENTITY, REQUIRED_FIELDS, Kind, quoted
 
 #: Most bytes one request body may have (before any gzip).
 MAX_BODY_BYTES = 500_000
 #: Most bytes one serialised message may have.
 MAX_MESSAGE_BYTES = 32_000
 
-#: The fields each message type must carry, besides ``userId`` or ``anonymousId``.
-REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "track": ("event",),
-    "identify": (),
-    "page": (),
-    "screen": (),
-    "group": ("groupId",),
-    "alias": ("previousId", "userId"),
-}
-MAPPING_FIELDS = ("properties", "traits", "context", "integrations")
-ID_FIELDS = ("userId", "anonymousId", "groupId", "previousId")
+
+def too_big(size: int) -> str:
+    """The one wording of a message over :data:`MAX_MESSAGE_BYTES`."""
+    return f"{size:,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}"
+
+
 LIBRARY = {"name": "dreamdata-logging", "version": __version__}
 _LIBRARY_ONLY = {"library": LIBRARY}  # shared: it is only ever serialised, never changed
 
@@ -103,23 +100,13 @@ def user_timestamp(value: Any) -> str:
     elif isinstance(value, datetime.date):
         moment = datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
     else:
-        raise InvalidEventError(
-            f"timestamp must be a datetime, ISO 8601 text or epoch seconds, not {type(value).__name__}"
-        )
+        raise InvalidEventError(fields.wrong_kind(quoted("timestamp"), Kind.TIMESTAMP, type(value).__name__))
     try:
         utc = moment.astimezone(datetime.timezone.utc)
     except (OverflowError, ValueError):  # e.g. 0001-01-01 in a zone east of UTC
         raise InvalidEventError("timestamp is out of range once converted to UTC") from None
     # The year by hand: strftime's %Y gives "219", not "0219", on some platforms.
     return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def _id_text(field: str, value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise InvalidEventError(f"{field} must be a string (or an int), not {type(value).__name__}")
 
 
 def describe(message: Mapping[str, Any]) -> str:
@@ -199,7 +186,7 @@ def wire_problem(message: Any) -> Optional[str]:
 
 def _own_id_and_time_problem(message: dict[str, Any]) -> Optional[str]:
     if not _filled(message.get("messageId")):
-        return "needs a non-empty string 'messageId'"
+        return fields.missing("messageId")
     if not is_wire_timestamp(message.get("timestamp")):
         return (
             f"'timestamp' must be RFC 3339 UTC with milliseconds, like 2012-12-02T00:30:08.276Z,"
@@ -208,28 +195,32 @@ def _own_id_and_time_problem(message: dict[str, Any]) -> Optional[str]:
     return None
 
 
+#: A message of a batch that is not a JSON object.
+NOT_AN_OBJECT = "is not an object"
+
+
 def _problem(message: Any, id_and_time: Callable[[dict[str, Any]], Optional[str]]) -> Optional[str]:
     """The rules every client's message must follow (type, identity, the type's fields, mappings), with
     ``id_and_time`` checking ``messageId`` and ``timestamp`` after the type, as the endpoint does."""
     if not isinstance(message, dict):
-        return "is not an object"
+        return NOT_AN_OBJECT
     kind = message.get("type")
     if kind not in REQUIRED_FIELDS:
-        return f"'type' must be one of {', '.join(REQUIRED_FIELDS)}, not {_show(kind)}"
+        return fields.unknown_type(_show(kind))
     problem = id_and_time(message)
     if problem is not None:
         return problem
-    for key in ("userId", "anonymousId"):
+    for key in IDENTITY_FIELDS:
         if message.get(key) is not None and not isinstance(message[key], str):
-            return f"'{key}' must be a string, not {_show(message[key])}"
+            return fields.wrong_kind(quoted(key), Kind.ID, _show(message[key]), decoded=True)
     if not (_filled(message.get("userId")) or _filled(message.get("anonymousId"))):
-        return "needs a non-empty 'userId' or 'anonymousId'"
+        return NO_IDENTITY
     for key in REQUIRED_FIELDS[kind]:
         if not _filled(message.get(key)):
-            return f"{kind} needs a non-empty string '{key}'"
+            return fields.missing(key, kind)
     for key in MAPPING_FIELDS:
         if key in message and not isinstance(message[key], dict):
-            return f"'{key}' must be an object, not {_show(message[key])}"
+            return fields.wrong_kind(quoted(key), Kind.MAPPING, _show(message[key]), decoded=True)
     return None
 
 
@@ -274,7 +265,7 @@ def api_problem(message: Any) -> Optional[str]:
 
 def _any_id_and_time_problem(message: dict[str, Any]) -> Optional[str]:
     if "messageId" in message and not _filled(message["messageId"]):
-        return f"'messageId' must be a non-empty string when given, not {_show(message['messageId'])}"
+        return fields.wrong_kind(quoted("messageId"), Kind.NAME, _show(message["messageId"]), decoded=True)
     if "timestamp" in message and not is_rfc3339_timestamp(message["timestamp"]):
         return (
             "'timestamp' must be an RFC 3339 date-time, like 2012-12-02T00:30:08.276Z or"
@@ -292,30 +283,10 @@ def _not_json_constant(name: str) -> Any:
 
 #: Strict JSON: NaN and Infinity are Python's extension, not JSON, and are refused.
 STRICT_JSON = json.JSONDecoder(parse_constant=_not_json_constant)
-_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def encode_message(message: Any) -> tuple[Optional[bytes], Optional[str]]:
-    """A decoded message's compact UTF-8 JSON, or why it cannot travel: text that is not Unicode, a number
-    JSON cannot hold, or over :data:`MAX_MESSAGE_BYTES` serialised."""
-    try:
-        data = _COMPACT_JSON.encode(message).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate escape, e.g. "\ud800": valid JSON, not Unicode
-        return None, "contains text that is not valid Unicode (a lone surrogate)"
-    except ValueError:  # a number too large for a float, e.g. 1e400, is read as infinity
-        return None, "contains a number too large to be sent as JSON (it reads as infinity)"
-    if len(data) > MAX_MESSAGE_BYTES:
-        return None, f"is {len(data):,} bytes serialised; the limit is {MAX_MESSAGE_BYTES:,}"
-    return data, None
 
 
 def with_batch_context(message: Any, context: Optional[Mapping[str, Any]]) -> Any:
     """``message`` with a batch-level ``context`` merged into its own ``context`` (the message's keys win)."""
     if not context or not isinstance(message, dict):
         return message
-    own = message.get("context")
-    if own is None:
-        return {**message, "context": dict(context)}
-    if isinstance(own, dict):
-        return {**message, "context": {**context, **own}}
-    return message  # not an object: the checks say so
+    return {**message, "context": fields.merged_context(dict(context), message.get("context"))}

@@ -17,8 +17,9 @@ Besides the standard library it uses only the package's wire checks, the same on
 ``dreamdata-logging send`` applies before sending; it does not need the handler.
 
 This module holds :class:`Collector` (it runs the server and keeps what was accepted) and the command;
-the parts are beside it: request framing (``_collector_http``), the checks (``_collector_checks``),
-routing (``_collector_server``), the debugger's feed (``_collector_feed``) and faults (``_collector_faults``).
+the parts are beside it in this package: request framing (``framing``), the checks (``checks``), routing
+(``server``), the Host and page guard (``guard``), the debugger's page and feed (``page``, ``feed``), the
+tracking-plan check (``plan``), request records (``records``) and faults (``faults``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dreamdata_logging.tools.collector.plan import PlanCheck, PlanSource
 from dreamdata_logging.tools.collector.records import RequestRecord, print_request
 from dreamdata_logging.tools.collector.server import BATCH_PATH, PAGE_PATH, CollectorServer
 from dreamdata_logging.tools.collector.server import EVENTS_PATH as EVENTS_PATH
-from dreamdata_logging.wire.rules import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, REQUIRED_FIELDS
+from dreamdata_logging.wire.rules import MAX_BODY_BYTES, MAX_MESSAGE_BYTES
 
 __all__ = [
     "BATCH_PATH",
@@ -54,7 +55,6 @@ __all__ = [
     "run_collector",
 ]
 
-MESSAGE_TYPES = tuple(REQUIRED_FIELDS)
 #: How many messages (and request records) a :class:`Collector` keeps by default; all are counted.
 DEFAULT_KEEP = 10_000
 #: How many the ``dreamdata-logging collector`` command keeps (it streams everything to ``--out``).

@@ -13,11 +13,11 @@ import json
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from dreamdata_logging.events.encoding import encode_message
 from dreamdata_logging.wire.rules import (
     MAX_BODY_BYTES,
     STRICT_JSON,
     api_problem,
-    encode_message,
     is_rfc3339_timestamp,
     is_wire_timestamp,
     with_batch_context,

@@ -23,7 +23,6 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO, Optional, TextIO, cast
 
-from dreamdata_logging._handler import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from dreamdata_logging.tools.send import files as _send_files
 from dreamdata_logging.tools.send.files import MAX_VALUE_CHARS, FileFormatError, Item
 from dreamdata_logging.tools.send.messages import check, complete
@@ -37,7 +36,7 @@ from dreamdata_logging.tools.send.report import (
     print_dry_run,
     summarise,
 )
-from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, Transport
+from dreamdata_logging.transport.transport import DEFAULT_ENDPOINT, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
 from dreamdata_logging.wire.rules import with_batch_context as with_context
 
 __all__ = [

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from dreamdata_logging.errors import InvalidEventError
+from dreamdata_logging.events.encoding import encode_message
 from dreamdata_logging.tools.send.files import Item
+from dreamdata_logging.wire.fields import ID_FIELDS
 from dreamdata_logging.wire.rules import (
-    ID_FIELDS,
-    encode_message,
     is_wire_timestamp,
     new_message_id,
     now_timestamp,

@@ -58,7 +58,6 @@ class Progress:
         self._report = report
         self._started = time.monotonic()
         self._next = self._started + PROGRESS_EVERY
-        self._shown = False
         try:
             self._total: Optional[int] = os.fstat(stream.fileno()).st_size or None
         except (OSError, AttributeError, io.UnsupportedOperation):
@@ -85,7 +84,6 @@ class Progress:
             f"{report.requests:,} requests, {rate:,.0f} messages/s\n"
         )
         self._out.flush()
-        self._shown = True
 
 
 class Scrubbed(io.TextIOBase):
