@@ -5,7 +5,9 @@
 - Fork: handlers check the process id where events enter, so a child made by any means (``os.fork``,
   ``multiprocessing``, billiard, uWSGI's fork in C) starts clean. The fork hook is the fast path.
 - Children that end with ``os._exit()`` (multiprocessing and billiard pool workers) skip atexit: their
-  handlers are closed from those libraries' own exit hooks.
+  handlers are closed from those libraries' own exit hooks. A billiard pool worker ends with ``os._exit()``
+  from its ``Worker._do_exit``, before any hook of billiard's runs: in that child only, ``_do_exit`` is
+  wrapped to close the handlers first.
 - SIGTERM: where the process keeps the default action, queued events are delivered first, then the
   process ends by SIGTERM as it would have.
 """
@@ -104,6 +106,7 @@ def _hook_child_exit() -> None:
         return
     _child_hooks_pid = pid
     _hook_celery_child_exit()
+    _hook_billiard_worker_exit()
     for name in ("multiprocessing.util", "billiard.util"):
         util: Any = sys.modules.get(name)
         if util is None:
@@ -135,6 +138,26 @@ def _hook_celery_child_exit() -> None:
             _close_all_at_child_exit, weak=False, dispatch_uid="dreamdata_logging.close_at_child_exit"
         )
     except Exception:
+        pass
+
+
+def _hook_billiard_worker_exit() -> None:
+    """A billiard pool worker (a Pool outside Celery, maxtasksperchild) leaves through ``Worker._do_exit``,
+    which ends in ``os._exit()``: close every handler before it. Patched in this child process only."""
+    pool: Any = sys.modules.get("billiard.pool")
+    worker = getattr(pool, "Worker", None)
+    do_exit = getattr(worker, "_do_exit", None)
+    if not callable(do_exit) or getattr(do_exit, "_dreamdata_closes_first", False):
+        return
+
+    def _do_exit(self: object, *args: Any, **kwargs: Any) -> Any:
+        _close_all_at_child_exit()
+        return do_exit(self, *args, **kwargs)
+
+    _do_exit._dreamdata_closes_first = True  # type: ignore[attr-defined]
+    try:
+        setattr(worker, "_do_exit", _do_exit)  # noqa: B010
+    except Exception:  # a billiard that does not allow it: the child's events wait for its atexit, if any
         pass
 
 
