@@ -9,7 +9,9 @@
   from its ``Worker._do_exit``, before any hook of billiard's runs: in that child only, ``_do_exit`` is
   wrapped to close the handlers first.
 - SIGTERM: where the process keeps the default action, queued events are delivered first, then the
-  process ends by SIGTERM as it would have.
+  process ends by SIGTERM as it would have. Where a server holds SIGTERM and SIGINT in Python and
+  re-raises them after its graceful shutdown (uvicorn), events are delivered at the end of that
+  shutdown (see :mod:`._server_shutdown`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
+
+from dreamdata_logging import _server_shutdown as server_shutdown
 
 from ._wire import reseed_ids
 
@@ -216,6 +220,7 @@ def install_sigterm() -> None:
     asks each worker to close and waits for the threads.
     """
     global _sigterm_installed
+    watch_servers()
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     if any(name in sys.modules for name in _EMBEDDING_SERVERS):
@@ -227,6 +232,21 @@ def install_sigterm() -> None:
     except (ValueError, OSError, AttributeError):  # not the main interpreter, or no SIGTERM here
         return
     _sigterm_installed = True
+
+
+def watch_servers() -> None:
+    """Where a server such as uvicorn holds SIGTERM/SIGINT (and re-raises them after its graceful shutdown),
+    deliver at the end of that shutdown. Called when a handler is made and when a worker starts; cheap
+    and idempotent; only for handlers with ``handle_sigterm``."""
+    try:
+        if any(getattr(handler, "handle_sigterm", False) for handler in handlers()):
+            server_shutdown.hook_server_shutdown(_deliver_at_server_shutdown)
+    except Exception:  # never in the way of logging
+        pass
+
+
+def _deliver_at_server_shutdown() -> None:
+    server_shutdown.deliver_now(handlers())
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -119,6 +119,7 @@ class Worker:
             self._thread = thread
         finally:
             self._start_lock.release()
+        lifecycle.watch_servers()  # the first event: a server (uvicorn) may hold SIGTERM now
 
     def _thread_running(self) -> bool:
         if self._thread is None:
