@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from dreamdata_logging import _uwsgi as uwsgi_master
+
 from . import _lifecycle as lifecycle
 from ._budget import Deadlines
 from ._buffer import Buffer
@@ -23,17 +25,9 @@ from ._spool import Spool, SpoolUnavailable
 from ._transport import Transport
 from ._wire import MAX_BODY_BYTES, body_size
 from ._worker import Worker
-from .errors import DeliveryError
 
 #: Bytes of messages one request body holds, besides the envelope.
 BODY_ROOM = MAX_BODY_BYTES - body_size(0, 0)
-
-
-_IN_UWSGI_MASTER = DeliveryError(
-    "an event logged in the uWSGI master process cannot be delivered: the master runs no Python exit hooks, "
-    "and a sending thread there could be forked into a worker mid-request. Log events in the workers "
-    "(not at import), or run uWSGI with --lazy-apps"
-)
 
 
 @dataclass(frozen=True)
@@ -120,9 +114,9 @@ class Delivery:
         if rows:
             self.worker.start()
 
-    def refuse_in_forking_master(self, data: bytes) -> None:
-        """An event logged in a uWSGI master (say, at import): it cannot be delivered from there."""
-        self.problems.failed([data], _IN_UWSGI_MASTER)
+    def from_forking_master(self, data: bytes) -> None:
+        """An event logged in a uWSGI master (say, at import): no thread there; spooled, or sent now."""
+        uwsgi_master.from_master(self.worker, self.spool, self.problems, self.limits.shutdown_timeout, data)
 
     # -- flush and close ------------------------------------------------------------------------
 

@@ -176,7 +176,7 @@ class DreamdataHandler(logging.Handler):
         if worker.closing and not lifecycle.exiting():
             worker = delivery.renew()  # closed (by a reconfiguration?) but still attached: reopen
         if delivery.forking_master:
-            delivery.refuse_in_forking_master(data)
+            delivery.from_forking_master(data)
             return
         status = worker.put(data)
         if status == FULL:

@@ -26,6 +26,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from dreamdata_logging import _server_shutdown as server_shutdown
+from dreamdata_logging import _uwsgi as uwsgi_hooks
 
 from ._wire import reseed_ids
 
@@ -40,6 +41,8 @@ def register(handler: DreamdataHandler) -> None:
     """Remember a handler for process-wide actions (flush all, close at a child's end, SIGTERM)."""
     global _handlers
     _handlers = (*(ref for ref in _handlers if ref() is not None), weakref.ref(handler))
+    if in_uwsgi_master():  # uWSGI forks its workers in C, running no fork hook: its own hook does
+        uwsgi_hooks.hook_post_fork(in_new_process)
 
 
 def handlers() -> list[DreamdataHandler]:

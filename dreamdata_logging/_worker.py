@@ -154,6 +154,10 @@ class Worker:
             delivered = self.dispatcher.deliver(items, size)
             buffer.finish(len(items), size, delivered)
 
+    def ship_here(self, timeout: float) -> None:
+        """Send what is held from the calling thread within ``timeout``, starting no thread (a uWSGI master)."""
+        self._ship_inline(timeout)
+
     def _ship_inline(self, timeout: Optional[float] = None) -> None:
         """Ship from the calling thread: only when no worker thread can run (e.g. during exit)."""
         if not self._start_lock.acquire(blocking=False):
