@@ -116,7 +116,8 @@ class Delivery:
 
     def from_forking_master(self, data: bytes) -> None:
         """An event logged in a uWSGI master (say, at import): no thread there; spooled, or sent now."""
-        uwsgi_master.from_master(self.worker, self.spool, self.problems, self.limits.shutdown_timeout, data)
+        limits = self.limits
+        uwsgi_master.from_master(self.worker, self.transport, self.spool, self.problems, limits.shutdown_timeout, data)
 
     # -- flush and close ------------------------------------------------------------------------
 

@@ -210,5 +210,6 @@ class Transport:
         self._exchange.reset_after_fork()
         self.requests_sent = self.retries = self.bytes_sent = 0
 
-    def close(self) -> None:
-        self._exchange.close()
+    def close(self, wait: float = 0.0) -> None:
+        """Close the connections and stop the deadline thread (with ``wait``: until it ended, at most that long)."""
+        self._exchange.close(wait)

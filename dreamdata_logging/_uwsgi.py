@@ -22,10 +22,13 @@ from dreamdata_logging.errors import DeliveryError
 if TYPE_CHECKING:
     from dreamdata_logging._problems import Problems
     from dreamdata_logging._spool import Spool
+    from dreamdata_logging._transport import Transport
     from dreamdata_logging._worker import Worker
 
 #: Marks our post-fork hook (so it is installed once).
 _MARK = "_dreamdata_logging_post_fork"
+#: Seconds to wait for the deadline thread of a send from the master to end (it ends at once when told).
+THREAD_END = 5.0
 
 
 def hook_post_fork(on_fork: Callable[[], None]) -> None:
@@ -63,22 +66,35 @@ def hook_post_fork(on_fork: Callable[[], None]) -> None:
         pass
 
 
-def from_master(worker: Worker, spool: Optional[Spool], problems: Problems, timeout: float, data: bytes) -> None:
-    """An event logged in a uWSGI master that forks: into the spool (the workers send it), else sent now."""
+def from_master(
+    worker: Worker, transport: Transport, spool: Optional[Spool], problems: Problems, timeout: float, data: bytes
+) -> None:
+    """An event logged in a uWSGI master that forks: into the spool (the workers send it), else sent now.
+
+    A send leaves nothing behind that a fork would copy: its connection is closed and the thread that
+    enforces its deadline has ended before this returns."""
     if worker.buffer.put(data) not in (ACCEPTED, READY):
         return  # full or closed: counted by the buffer
     if spool is not None:
         batch = worker.buffer.next_batch(force=True)
-        if batch is not None and _into_spool(worker, spool, problems, *batch):
+        if batch is not None and _into_spool(worker, transport, spool, problems, *batch):
             return
-    worker.ship_here(timeout)
+    try:
+        worker.ship_here(timeout)
+    finally:
+        transport.close(wait=THREAD_END)
 
 
-def _into_spool(worker: Worker, spool: Spool, problems: Problems, items: list[bytes], size: int) -> bool:
+def _into_spool(
+    worker: Worker, transport: Transport, spool: Spool, problems: Problems, items: list[bytes], size: int
+) -> bool:
     try:
         dropped = spool.put(items)
     except SpoolUnavailable:  # reported by the spool: send them instead
-        worker.buffer.finish(len(items), size, worker.dispatcher.deliver(items, size))
+        try:
+            worker.buffer.finish(len(items), size, worker.dispatcher.deliver(items, size))
+        finally:
+            transport.close(wait=THREAD_END)
         return True
     problems.counters.add("spool_written", len(items))
     worker.buffer.finish(len(items), size, False)  # kept, not delivered (yet): a flush here says so
