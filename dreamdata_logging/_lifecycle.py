@@ -150,15 +150,19 @@ def _hook_celery_child_exit() -> None:
 
 def _hook_billiard_worker_exit() -> None:
     """A billiard pool worker (a Pool outside Celery, maxtasksperchild) leaves through ``Worker._do_exit``,
-    which ends in ``os._exit()``: close every handler before it. Patched in this child process only."""
+    which calls the pool's ``on_exit`` and then ``os._exit()``: close every handler between the two.
+    Patched in this child process only."""
     pool: Any = sys.modules.get("billiard.pool")
     worker = getattr(pool, "Worker", None)
     do_exit = getattr(worker, "_do_exit", None)
     if not callable(do_exit) or getattr(do_exit, "_dreamdata_closes_first", False):
         return
 
-    def _do_exit(self: object, *args: Any, **kwargs: Any) -> Any:
-        _close_all_at_child_exit()
+    def _do_exit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:  # after the pool's own on_exit (Celery's worker_process_shutdown receivers may log), then close
+            self.on_exit = _then_close_all(getattr(self, "on_exit", None))
+        except Exception:
+            _close_all_at_child_exit()
         return do_exit(self, *args, **kwargs)
 
     _do_exit._dreamdata_closes_first = True  # type: ignore[attr-defined]
@@ -166,6 +170,16 @@ def _hook_billiard_worker_exit() -> None:
         setattr(worker, "_do_exit", _do_exit)  # noqa: B010
     except Exception:  # a billiard that does not allow it: the child's events wait for its atexit, if any
         pass
+
+
+def _then_close_all(on_exit: Any) -> Any:
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return on_exit(*args, **kwargs) if callable(on_exit) else None
+        finally:
+            _close_all_at_child_exit()
+
+    return closing
 
 
 def _close_all_at_child_exit(*_: object, **__: object) -> None:
