@@ -7,7 +7,7 @@
 - Children that end with ``os._exit()`` (multiprocessing and billiard pool workers) skip atexit: their
   handlers are closed from those libraries' own exit hooks. A billiard pool worker ends with ``os._exit()``
   from its ``Worker._do_exit``, before any hook of billiard's runs: in that child only, ``_do_exit`` is
-  wrapped to close the handlers first.
+  wrapped to close the handlers after the pool's ``on_exit`` and before ``os._exit()``.
 - SIGTERM: where the process keeps the default action, queued events are delivered first, then the
   process ends by SIGTERM as it would have. Where a server holds SIGTERM and SIGINT in Python and
   re-raises them after its graceful shutdown (uvicorn), events are delivered at the end of that
@@ -155,7 +155,7 @@ def _hook_billiard_worker_exit() -> None:
     pool: Any = sys.modules.get("billiard.pool")
     worker = getattr(pool, "Worker", None)
     do_exit = getattr(worker, "_do_exit", None)
-    if not callable(do_exit) or getattr(do_exit, "_dreamdata_closes_first", False):
+    if not callable(do_exit) or getattr(do_exit, "_dreamdata_closes_handlers", False):
         return
 
     def _do_exit(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -165,7 +165,7 @@ def _hook_billiard_worker_exit() -> None:
             _close_all_at_child_exit()
         return do_exit(self, *args, **kwargs)
 
-    _do_exit._dreamdata_closes_first = True  # type: ignore[attr-defined]
+    _do_exit._dreamdata_closes_handlers = True  # type: ignore[attr-defined]
     try:
         setattr(worker, "_do_exit", _do_exit)  # noqa: B010
     except Exception:  # a billiard that does not allow it: the child's events wait for its atexit, if any
