@@ -77,7 +77,8 @@ def from_master(
         return  # full or closed: counted by the buffer
     if spool is not None:
         batch = worker.buffer.next_batch(force=True)
-        if batch is not None and _into_spool(worker, transport, spool, problems, *batch):
+        if batch is not None:
+            _into_spool(worker, transport, spool, problems, *batch)
             return
     try:
         worker.ship_here(timeout)
@@ -87,15 +88,15 @@ def from_master(
 
 def _into_spool(
     worker: Worker, transport: Transport, spool: Spool, problems: Problems, items: list[bytes], size: int
-) -> bool:
+) -> None:
     try:
         dropped = spool.put(items)
-    except SpoolUnavailable:  # reported by the spool: send them instead
+    except SpoolUnavailable:  # reported by the spool: send them instead (within the spool's own time limit)
         try:
             worker.buffer.finish(len(items), size, worker.dispatcher.deliver(items, size))
         finally:
             transport.close(wait=THREAD_END)
-        return True
+        return
     problems.counters.add("spool_written", len(items))
     worker.buffer.finish(len(items), size, False)  # kept, not delivered (yet): a flush here says so
     if dropped:
@@ -104,4 +105,3 @@ def _into_spool(
             f"its {len(dropped)} oldest event(s) were dropped"
         )
         problems.spool_dropped(dropped, full)
-    return True
