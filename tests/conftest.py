@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -11,11 +12,21 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dreamdata_logging import DreamdataHandler
 from dreamdata_logging.tools.collector import Collector
 
 from .scenarios.timings import tune
+
+# Property tests: the same examples on every CI run ("ci", chosen where CI is set); more, and new ones each
+# run, on a developer's machine ("dev"). HYPOTHESIS_PROFILE picks one by name. An example either profile ever
+# found failing is kept in the tests as an explicit case (@example or a parametrized test).
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", derandomize=True, database=None, max_examples=150, deadline=None,
+                          suppress_health_check=_QUIET, print_blob=True)  # fmt: skip
+settings.register_profile("dev", max_examples=400, deadline=None, suppress_health_check=_QUIET, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 WRITE_KEY = "test-write-key-7c1f"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -174,7 +174,8 @@ def test_a_delivery_built_from_its_parts_spools_through_an_outage_and_drains_aft
     """The delivery machinery takes its transport, spool and timings as arguments: no handler is needed."""
     transport = Transport(collector.url, WRITE_KEY, max_retries=1, backoff=QUICK_BACKOFF)
     settings = Settings(
-        flush_at=50, flush_interval=0.05, max_queue_size=1000, max_queue_bytes=10**7, shutdown_timeout=2, block_on_full=0
+        flush_at=50, flush_interval=0.05, max_queue_size=1000, max_queue_bytes=10**7, shutdown_timeout=2,
+        block_on_full=0,
     )
     spool = Spool(tmp_path / "parts.sqlite3")
     delivery = Delivery(

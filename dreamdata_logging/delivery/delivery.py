@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from dreamdata_logging._diagnostics import Report
 from dreamdata_logging.delivery import lifecycle
+from dreamdata_logging.delivery import uwsgi as uwsgi_master
 from dreamdata_logging.delivery.buffer import CLOSED, Buffer, Put
 from dreamdata_logging.delivery.deadlines import Deadlines
 from dreamdata_logging.delivery.dispatch import Dispatcher
@@ -28,7 +29,6 @@ from dreamdata_logging.delivery.outage import DEFAULT_SPOOL_TIMING, OutageState,
 from dreamdata_logging.delivery.problems import OnError, Problems
 from dreamdata_logging.delivery.sink import QueueSink, Sink
 from dreamdata_logging.delivery.worker import Worker
-from dreamdata_logging.errors import DeliveryError
 from dreamdata_logging.spool.spool import Spool, SpoolUnavailable
 from dreamdata_logging.transport.transport import Transport
 from dreamdata_logging.wire.rules import MAX_BODY_BYTES, body_size
@@ -37,11 +37,6 @@ from dreamdata_logging.wire.rules import MAX_BODY_BYTES, body_size
 BODY_ROOM = MAX_BODY_BYTES - body_size(0, 0)
 
 
-_IN_UWSGI_MASTER = DeliveryError(
-    "an event logged in the uWSGI master process cannot be delivered: the master runs no Python exit hooks, "
-    "and a sending thread there could be forked into a worker mid-request. Log events in the workers "
-    "(not at import), or run uWSGI with --lazy-apps"
-)
 
 
 @dataclass
@@ -204,9 +199,11 @@ class Delivery:
         if rows:
             self.worker.start()
 
-    def refuse_in_forking_master(self, data: bytes) -> None:
-        """An event logged in a uWSGI master (say, at import): it cannot be delivered from there."""
-        self.problems.failed([data], _IN_UWSGI_MASTER)
+    def from_forking_master(self, data: bytes) -> None:
+        """An event logged in a uWSGI master (say, at import): no thread there; spooled, or sent now."""
+        uwsgi_master.from_master(
+            self.worker, self.transport, self.spool, self.problems, self.settings.shutdown_timeout, data
+        )
 
     def workers(self) -> list[Worker]:
         """This process's workers that may hold events: those still finishing, then the current one."""

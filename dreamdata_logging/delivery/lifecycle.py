@@ -5,9 +5,13 @@
 - Fork: handlers check the process id where events enter, so a child made by any means (``os.fork``,
   ``multiprocessing``, billiard, uWSGI's fork in C) starts clean. The fork hook is the fast path.
 - Children that end with ``os._exit()`` (multiprocessing and billiard pool workers) skip atexit: their
-  handlers are closed from those libraries' own exit hooks.
+  handlers are closed from those libraries' own exit hooks. A billiard pool worker ends with ``os._exit()``
+  from its ``Worker._do_exit``, before any hook of billiard's runs: in that child only, ``_do_exit`` is
+  wrapped to close the handlers after the pool's ``on_exit`` and before ``os._exit()``.
 - SIGTERM: where the process keeps the default action, queued events are delivered first, then the
-  process ends by SIGTERM as it would have.
+  process ends by SIGTERM as it would have. Where a server holds SIGTERM and SIGINT in Python and
+  re-raises them after its graceful shutdown (uvicorn), events are delivered at the end of that
+  shutdown (see :mod:`._server_shutdown`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from dreamdata_logging.delivery import server_shutdown
+from dreamdata_logging.delivery import uwsgi as uwsgi_hooks
 from dreamdata_logging.spool import fork_guard
 from dreamdata_logging.wire.rules import reseed_ids
 
@@ -39,6 +45,8 @@ def register(handler: DreamdataHandler) -> None:
     _handlers = (*(ref for ref in _handlers if ref() is not None), weakref.ref(handler))
     for hook in list(on_register):
         hook(handler)
+    if in_uwsgi_master():  # uWSGI forks its workers in C, running no fork hook: its own hook does
+        uwsgi_hooks.hook_post_fork(in_new_process)
 
 
 def handlers() -> list[DreamdataHandler]:
@@ -110,6 +118,7 @@ def _hook_child_exit() -> None:
         return
     _child_hooks_pid = pid
     _hook_celery_child_exit()
+    _hook_billiard_worker_exit()
     for name in ("multiprocessing.util", "billiard.util"):
         util: Any = sys.modules.get(name)
         if util is None:
@@ -142,6 +151,40 @@ def _hook_celery_child_exit() -> None:
         )
     except Exception:
         pass
+
+
+def _hook_billiard_worker_exit() -> None:
+    """A billiard pool worker (a Pool outside Celery, maxtasksperchild) leaves through ``Worker._do_exit``,
+    which calls the pool's ``on_exit`` and then ``os._exit()``: close every handler between the two.
+    Patched in this child process only."""
+    pool: Any = sys.modules.get("billiard.pool")
+    worker = getattr(pool, "Worker", None)
+    do_exit = getattr(worker, "_do_exit", None)
+    if not callable(do_exit) or getattr(do_exit, "_dreamdata_closes_handlers", False):
+        return
+
+    def _do_exit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:  # after the pool's own on_exit (Celery's worker_process_shutdown receivers may log), then close
+            self.on_exit = _then_close_all(getattr(self, "on_exit", None))
+        except Exception:
+            _close_all_at_child_exit()
+        return do_exit(self, *args, **kwargs)
+
+    _do_exit._dreamdata_closes_handlers = True  # type: ignore[attr-defined]
+    try:
+        setattr(worker, "_do_exit", _do_exit)  # noqa: B010
+    except Exception:  # a billiard that does not allow it: the child's events wait for its atexit, if any
+        pass
+
+
+def _then_close_all(on_exit: Any) -> Any:
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return on_exit(*args, **kwargs) if callable(on_exit) else None
+        finally:
+            _close_all_at_child_exit()
+
+    return closing
 
 
 def _close_all_at_child_exit(*_: object, **__: object) -> None:
@@ -199,6 +242,7 @@ def install_sigterm() -> None:
     asks each worker to close and waits for the threads.
     """
     global _sigterm_installed
+    watch_servers()
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     if any(name in sys.modules for name in _EMBEDDING_SERVERS):
@@ -210,6 +254,21 @@ def install_sigterm() -> None:
     except (ValueError, OSError, AttributeError):  # not the main interpreter, or no SIGTERM here
         return
     _sigterm_installed = True
+
+
+def watch_servers() -> None:
+    """Where a server such as uvicorn holds SIGTERM/SIGINT (and re-raises them after its graceful shutdown),
+    deliver at the end of that shutdown. Called when a handler is made and when a worker starts; cheap
+    and idempotent; only for handlers with ``handle_sigterm``."""
+    try:
+        if any(getattr(handler, "handle_sigterm", False) for handler in handlers()):
+            server_shutdown.hook_server_shutdown(_deliver_at_server_shutdown)
+    except Exception:  # never in the way of logging
+        pass
+
+
+def _deliver_at_server_shutdown() -> None:
+    server_shutdown.deliver_now(handlers())
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

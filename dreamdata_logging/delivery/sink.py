@@ -49,7 +49,7 @@ class QueueSink:
         if worker.closing and not lifecycle.exiting():
             worker = delivery.renew(worker)  # closed (by a reconfiguration?) but still attached: reopen
         if delivery.forking_master:
-            delivery.refuse_in_forking_master(data)
+            delivery.from_forking_master(data)
             return
         status = delivery.put(data, worker)
         if status is FULL:

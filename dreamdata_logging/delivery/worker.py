@@ -162,6 +162,7 @@ class Worker:
             self._thread = thread
         finally:
             self._start_lock.release()
+        lifecycle.watch_servers()  # the first event: a server (uvicorn) may hold SIGTERM now
 
     def _thread_running(self) -> bool:
         if self._thread is None:
@@ -202,6 +203,10 @@ class Worker:
             items, size = batch
             fate = self.dispatcher.deliver(items, size)
             buffer.finish(len(items), size, delivered=fate is Fate.DELIVERED)
+
+    def ship_here(self, timeout: float) -> None:
+        """Send what is held from the calling thread within ``timeout``, starting no thread (a uWSGI master)."""
+        self._ship_inline(timeout)
 
     def _ship_inline(self, timeout: Optional[float] = None) -> None:
         """Ship from the calling thread: only when no worker thread can run (e.g. during exit)."""

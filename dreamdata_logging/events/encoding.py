@@ -2,7 +2,14 @@
 
 The fast path hands the whole message to one C encoder call (orjson when installed,
 else the standard library's ``json``); only when that refuses (NaN, odd keys, lone
-surrogates, cycles) does the careful path walk the value in Python.
+surrogates, cycles) does the careful path walk the value in Python and write the text.
+
+Keys, one rule on every path: a string key stays; any other key is converted as a value would be
+until it is a string (that string is the key) or JSON's own kind of value (the key is that value's
+compact JSON text: ``null``, ``true``, ``1``, ``0.1``, ``[1,"a"]``; NaN and Infinity as ``null``).
+Two keys that become the same text are both written, as the standard library's ``json`` does.
+orjson is not asked to convert keys (its float and Enum key texts differ): a non-string key takes the
+careful path there, whose text is the standard library's.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ if _orjson is not None:
     _orjson_dumps = _orjson.dumps
     # Datetimes go through convert() as on the json path: orjson itself rounds a UTC offset that has
     # seconds (historic zones, e.g. +03:25:44) to whole minutes.
-    _orjson_option = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_PASSTHROUGH_DATETIME
+    _orjson_option = _orjson.OPT_PASSTHROUGH_DATETIME
 
     def _dumps_orjson(value: Any) -> bytes:
         # orjson's bytes keep their whole working buffer (several kB for a small message); an exact
@@ -96,10 +103,9 @@ def dumps(value: Any, *, fast: Optional[bool] = None) -> bytes:
     except RecursionError:
         pass
     try:
-        clean = _sanitise(value, set())
+        return _render(value, set()).encode("utf-8")
     except RecursionError:
         raise InvalidEventError("data is nested too deeply to serialise") from None
-    return _dumps_json(clean)
 
 
 def encode_message(message: Any) -> tuple[Optional[bytes], Optional[str]]:
@@ -125,16 +131,16 @@ def standard_size(data: bytes) -> int:
     return len(_dumps_json(json.loads(data)))
 
 
-_NATIVE_SCALARS = (str, int, float, bool, type(None))
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring  # as json.dumps(ensure_ascii=False)
 
 
-def _key(key: Any) -> str:
+def _key(key: Any, active: set[int]) -> str:
+    """A key's text (see the module's docstring): the same as the standard library writes, where it can."""
     if isinstance(key, str):
         return _clean_str(key)
-    if key is None or isinstance(key, (bool, int, float)):
-        return json.dumps(_sanitise(key, set()))  # true/false/null/numbers, as json does
-    converted = convert(key)
-    return _clean_str(converted if isinstance(converted, str) else str(converted))
+    if key is None or isinstance(key, (bool, int, float, dict, list)) or _is_dataclass(key):
+        return _render(key, active)
+    return _key(convert(key), active)
 
 
 def _clean_str(text: str) -> str:
@@ -145,25 +151,33 @@ def _clean_str(text: str) -> str:
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-def _sanitise(value: Any, active: set[int]) -> Any:
-    """Rebuild ``value`` from JSON-native parts; ``active`` holds the containers on the path."""
+def _is_dataclass(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _render(value: Any, active: set[int]) -> str:
+    """``value`` as compact JSON text, converting what JSON lacks; ``active`` holds the containers on the
+    path. Scalars are written exactly as the standard library's encoder writes them."""
     if isinstance(value, str):
-        return _clean_str(value)
+        return _encode_str(_clean_str(value))
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, _NATIVE_SCALARS):
-        return value
-    if isinstance(value, (dict, list)) or dataclasses.is_dataclass(value):
+        return float.__repr__(value) if math.isfinite(value) else "null"
+    if isinstance(value, (dict, list, tuple)) or _is_dataclass(value):
         marker = id(value)
         if marker in active:
             raise InvalidEventError("data contains a circular reference")
         active.add(marker)
         try:
             if isinstance(value, dict):
-                return {_key(k): _sanitise(v, active) for k, v in value.items()}
-            if isinstance(value, list):
-                return [_sanitise(v, active) for v in value]
-            return _sanitise(convert(value), active)
+                items = [f"{_encode_str(_key(k, active))}:{_render(v, active)}" for k, v in value.items()]
+                return "{" + ",".join(items) + "}"
+            if isinstance(value, (list, tuple)):
+                return "[" + ",".join([_render(v, active) for v in value]) + "]"
+            return _render(convert(value), active)
         finally:
             active.discard(marker)
-    return _sanitise(convert(value), active)
+    return _render(convert(value), active)

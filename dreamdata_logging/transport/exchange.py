@@ -125,8 +125,8 @@ class Exchange:
         self._adapter = None
         self._watchdog = Watchdog()  # the parent's thread does not exist here, and its lock may be held
 
-    def close(self) -> None:
-        self._watchdog.close()
+    def close(self, wait: float = 0.0) -> None:
+        self._watchdog.close(wait)
         if self._adapter is not None:
             self._adapter.close()
             self._adapter = None

@@ -252,7 +252,8 @@ class Transport:
         self._posting = threading.Lock()  # the parent's may have been held at the fork
         self.requests_sent = self.retries = self.bytes_sent = 0
 
-    def close(self) -> None:
-        """Close the connections and end the deadline thread; the next send opens them again (a reopen)."""
+    def close(self, wait: float = 0.0) -> None:
+        """Close the connections and stop the deadline thread (with ``wait``: until it ended, at most that
+        long); the next send opens them again (a reopen)."""
         with self._posting:  # never under a POST in progress (a closing worker's last one)
-            self._exchange.close()
+            self._exchange.close(wait)

@@ -47,6 +47,7 @@ class Watchdog:
         self._connection: Optional[object] = None
         self._fired = False
         self._sleeping_until: Optional[float] = None  # None: idle, waiting for a wake-up
+        self._thread: Optional[threading.Thread] = None
 
     def arm(self, deadline: float) -> None:
         """The calling thread starts a request that must be over by ``deadline`` (a ``time.monotonic()`` value)."""
@@ -58,7 +59,9 @@ class Watchdog:
             elif self._sleeping_until is None or deadline < self._sleeping_until:
                 self._wake.set()
         if start is not None:
-            threading.Thread(target=self._run, args=(start,), name="dreamdata-logging-deadline", daemon=True).start()
+            thread = threading.Thread(target=self._run, args=(start,), name="dreamdata-logging-deadline", daemon=True)
+            thread.start()
+            self._thread = thread
         _active.watchdog = self
 
     def attach(self, connection: object) -> None:
@@ -78,12 +81,17 @@ class Watchdog:
             self._connection = None
             return self._fired
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the thread (a later ``arm`` starts a new one); with ``wait``, until it has ended (at most that
+        many seconds): a process about to fork must hold no thread of ours."""
         with self._lock:
             if self._stop is not None:
                 self._stop.set()
                 self._stop = None
                 self._wake.set()
+            thread, self._thread = self._thread, None
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
 
     def _run(self, stop: threading.Event) -> None:
         while True:

@@ -125,3 +125,19 @@ def test_flush_and_emit_inside_on_error_return_at_once(collector: Collector, tmp
         took = re.search(r"flush inside on_error returned \w+ in ([0-9.]+)s", out)
         assert took is not None and float(took.group(1)) < 1.0, out
         assert_all_arrived(collector, app.ids(), out)
+
+
+# -- billiard's own pool -------------------------------------------------------------------------------
+
+
+def test_billiard_pool_children_deliver_before_billiard_ends_them(collector: Collector, tmp_path) -> None:
+    """Outside Celery, a billiard pool child ends with os._exit() in billiard's worker exit path: its handler
+    is closed there first. flush_interval 60: every event rides on that close."""
+    pytest.importorskip("billiard", reason="billiard is installed by the celery extra")
+    with Server([PY, "script_billiard.py", "16"], collector, tmp_path, env={"DD_FLUSH_INTERVAL": "60"}) as app:
+        code, seconds = app.wait_exit(30)
+        assert code == 0, app.output()
+        assert "done" in app.output()
+        ids = app.ids()
+        assert len(ids) == 16
+        assert_all_arrived(collector, ids, app.output())

@@ -3,7 +3,7 @@ appended to the file named by DD_IDS_FILE (one write per line, so processes shar
 
 Environment: DREAMDATA_ENDPOINT and DREAMDATA_WRITE_KEY (read by the handler itself), DD_IDS_FILE,
 DD_FLUSH_INTERVAL (default 1.0), DD_SHUTDOWN_TIMEOUT (default 5.0), DD_HANDLE_SIGTERM ("true"/"false"; unset:
-the handler's default).
+the handler's default), DD_SPOOL (a spool file; unset: none).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def handler_options() -> dict[str, Any]:
         "flush_interval": float(os.environ.get("DD_FLUSH_INTERVAL", "1.0")),
         "shutdown_timeout": float(os.environ.get("DD_SHUTDOWN_TIMEOUT", "5.0")),
     }
+    if os.environ.get("DD_SPOOL"):
+        options["spool"] = os.environ["DD_SPOOL"]
     if "DD_HANDLE_SIGTERM" in os.environ:
         options["handle_sigterm"] = os.environ["DD_HANDLE_SIGTERM"]
     return options
