@@ -14,7 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Optional
 
-from dreamdata_logging.delivery import lifecycle
+from dreamdata_logging.delivery import flushing, lifecycle
 
 if TYPE_CHECKING:
     from dreamdata_logging.delivery.delivery import Delivery
@@ -73,14 +73,14 @@ async def flush_delivery(delivery: Delivery, timeout: Optional[float]) -> bool:
     if not workers:
         return True
     deadline = None if timeout is None else time.monotonic() + timeout
-    lost = delivery.lost()
+    lost = flushing.lost(delivery)
     delivered = True
     for worker in workers:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         delivered = await flush_worker(worker, left) and delivered
     if delivery.spool is None or lifecycle.logging_lock_held():
         return delivered
-    outcome, failures = delivery.kick_spool()
+    outcome, failures = flushing.kick_spool(delivery)
     pause = FIRST_POLL
     while outcome is None:
         left = None if deadline is None else deadline - time.monotonic()
@@ -88,5 +88,5 @@ async def flush_delivery(delivery: Delivery, timeout: Optional[float]) -> bool:
             return False
         await asyncio.sleep(pause if left is None else min(pause, left))
         pause = min(pause * 2, LAST_POLL)
-        outcome = delivery.spool_outcome(failures)
-    return outcome and (delivered or delivery.lost() == lost)
+        outcome = flushing.spool_outcome(delivery, failures)
+    return outcome and (delivered or flushing.lost(delivery) == lost)

@@ -13,12 +13,11 @@ import logging
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from dreamdata_logging._diagnostics import Report
-from dreamdata_logging.delivery import lifecycle
+from dreamdata_logging.delivery import flushing, lifecycle
 from dreamdata_logging.delivery import uwsgi as uwsgi_master
 from dreamdata_logging.delivery.buffer import CLOSED, Buffer, Put
 from dreamdata_logging.delivery.deadlines import Deadlines
@@ -53,8 +52,6 @@ class Settings:
 
 #: Most times one event goes to a renewed worker because the one it found had just closed.
 MAX_REOPENS_PER_EVENT = 8
-#: Seconds between two looks at the spool while flush() waits for it to drain.
-SPOOL_FLUSH_POLL = 0.05
 
 
 class Delivery:
@@ -88,6 +85,10 @@ class Delivery:
         self.forking_master = lifecycle.in_uwsgi_master()
         self._retiring: list[Worker] = []  # closed workers still finishing their last batches
         self.worker = self._new_worker()
+
+    def scrub(self, text: str) -> str:
+        """``text`` without any secret (the write key in any encoding, the endpoint's credentials)."""
+        return self._scrub(text)
 
     @property
     def on_error(self) -> Optional[OnError]:
@@ -215,66 +216,16 @@ class Delivery:
 
     def flush(self, timeout: Optional[float]) -> bool:
         """True when every event emitted before the call was delivered (one kept in the spool was not)."""
-        workers = self.workers()
-        if not workers:
-            return True  # nothing of this process's: that worker is the parent's
-        if lifecycle.logging_lock_held():  # inside dictConfig: the worker may need logging's lock
-            return all(worker.buffer.empty for worker in workers) and not self._spool_rows()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        lost = self.lost()
-        delivered = True
-        for worker in workers:
-            if not worker.buffer.idle:
-                delivered = worker.flush(_remaining(deadline)) and delivered
-        if self.spool is None:
-            return delivered
-        # Batches that went to the spool (an outage) are delivered once it drains, if none was lost meanwhile.
-        return self._drain_spool(deadline) and (delivered or self.lost() == lost)
+        return flushing.flush(self, timeout)
 
-    def lost(self) -> int:
-        """Events given up on or dropped so far (a flush that saw this grow did not deliver everything)."""
-        ledger = self.ledger
-        return ledger.failed + ledger.dropped_queue_full + ledger.dropped_closed + ledger.spool_dropped
-
-    def _spool_rows(self) -> int:
+    def spool_rows(self) -> int:
+        """Events in the spool file now, every process's included (0 without a spool, or if unreadable)."""
         if self.spool is None:
             return 0
         try:
             return self.spool.pending()[0]
         except SpoolUnavailable:
             return 0
-
-    def _drain_spool(self, deadline: Optional[float]) -> bool:
-        """Wait for the spool to empty: True once it has; False when the endpoint still fails, or on time."""
-        outcome, failures = self.kick_spool()
-        while outcome is None:
-            left = _remaining(deadline)
-            if left is not None and left <= 0:
-                return False
-            time.sleep(SPOOL_FLUSH_POLL if left is None else min(SPOOL_FLUSH_POLL, left))
-            outcome = self.spool_outcome(failures)
-        return outcome
-
-    def kick_spool(self) -> tuple[Optional[bool], int]:
-        """Have the worker look at the spool now: (True: it is empty | False: nothing here drains it now |
-        None: wait and ask :meth:`spool_outcome`, the outage's failures at the kick)."""
-        if not self._spool_rows():
-            return True, 0
-        worker = self.worker
-        if worker.closing or self.forking_master or worker.is_worker_thread():
-            return False, 0
-        failures = self.outage.failures
-        self.outage.due = 0.0  # look now: a probe if in an outage, else a drain
-        worker.wake()
-        return None, failures
-
-    def spool_outcome(self, failures: int) -> Optional[bool]:
-        """True: the spool is empty; False: a probe failed since the kick, or the handler closed; None: not yet."""
-        if not self._spool_rows():
-            return True
-        if self.outage.failures != failures or self.worker.closing:
-            return False
-        return None
 
     def close(self) -> None:
         """Deliver what is held within ``shutdown_timeout``; with logging's lock held, only begin."""
@@ -293,7 +244,7 @@ class Delivery:
         if wait:
             for retiring in self._retiring:
                 retiring.join()
-            self._tell_undelivered(ledger.queued + ledger.failed - failed, ledger.spool_written - spooled)
+            _tell_undelivered(self, ledger.queued + ledger.failed - failed, ledger.spool_written - spooled)
 
     def begin_shutdown(self) -> None:
         """Ask this process's workers to deliver and stop, taking no lock (safe in a signal handler)."""
@@ -303,26 +254,6 @@ class Delivery:
     def finish_shutdown(self) -> None:
         for worker in self.workers():
             worker.join()
-
-    def _tell_undelivered(self, undelivered: int, spooled: int) -> None:
-        endpoint = self.transport.endpoint
-        if spooled and self.spool is not None:
-            self._stderr(
-                f"dreamdata-logging: {spooled} event(s) could not be delivered to {endpoint} before close; "
-                f"they were kept in the spool {self.spool.path} for later delivery (not lost)\n"
-            )
-        if undelivered:
-            self._stderr(
-                f"dreamdata-logging: {undelivered} event(s) were not delivered to {endpoint} "
-                f"before close (shutdown_timeout={self.settings.shutdown_timeout:g}s)\n"
-            )
-
-    def _stderr(self, text: str) -> None:
-        try:
-            sys.stderr.write(self._scrub(text))
-            sys.stderr.flush()
-        except Exception:  # stderr may be closed during exit
-            pass
 
     def report(self, kind: Report, text: str, level: int = logging.WARNING, detail: str = "") -> None:
         self.problems.report(kind, text, level, detail)
@@ -338,10 +269,31 @@ class Delivery:
             retries=transport.retries,
             requests=transport.requests_sent,
             bytes_sent=transport.bytes_sent,
-            spooled=self._spool_rows(),
+            spooled=self.spool_rows(),
         )
         return counts
 
 
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+def _tell_undelivered(delivery: Delivery, undelivered: int, spooled: int) -> None:
+    """What close() could not deliver, on stderr (scrubbed): kept in the spool, or not delivered."""
+    endpoint, spool = delivery.transport.endpoint, delivery.spool
+    if spooled and spool is not None:
+        _stderr(
+            delivery,
+            f"dreamdata-logging: {spooled} event(s) could not be delivered to {endpoint} before close; "
+            f"they were kept in the spool {spool.path} for later delivery (not lost)\n",
+        )
+    if undelivered:
+        _stderr(
+            delivery,
+            f"dreamdata-logging: {undelivered} event(s) were not delivered to {endpoint} "
+            f"before close (shutdown_timeout={delivery.settings.shutdown_timeout:g}s)\n",
+        )
+
+
+def _stderr(delivery: Delivery, text: str) -> None:
+    try:
+        sys.stderr.write(delivery.scrub(text))
+        sys.stderr.flush()
+    except Exception:  # stderr may be closed during exit
+        pass

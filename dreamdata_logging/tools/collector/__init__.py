@@ -73,22 +73,18 @@ class Collector(FaultInjection, PlanCheck):
     """A local ``POST /v1/batch`` that checks like the real one, records, and injects faults.
 
     The socket is bound on construction (``port=0`` picks a free port, see :attr:`url`); serve with
-    :meth:`start` (background) or :meth:`serve_forever` (foreground). A stopped collector cannot be
-    started again: make a new one, on the same :attr:`port` if needed. ``write_key=None`` (or "")
-    accepts any non-empty key.
+    :meth:`start` (background) or :meth:`serve_forever` (foreground); a stopped collector cannot start again.
+    ``write_key=None`` (or "") accepts any non-empty key. ``strict=True`` also enforces this package's exact
+    format; by default what Dreamdata's API accepts from any client is accepted. ``keep`` bounds how many
+    accepted messages (and request records) :meth:`received` and :meth:`requests` return, the newest ones;
+    ``keep=None`` keeps everything; :meth:`wait_for` and :attr:`accepted` count every accepted message.
+    ``out`` gets every accepted message as a JSON line. ``request_timeout`` bounds how long one request may
+    take to arrive (408 after it); ``idle_timeout`` how long any single read may wait. The live event
+    debugger is at :attr:`page_url`; with ``plan``, what breaks that tracking plan is flagged.
 
-    ``strict=True`` also enforces this package's exact format; by default what Dreamdata's API accepts
-    from any client is accepted. ``keep`` bounds how many accepted messages (and request records)
-    :meth:`received` and :meth:`requests` return, the newest ones; ``keep=None`` keeps everything.
-    :meth:`wait_for` and :attr:`accepted` count every accepted message, kept or not. ``out`` gets every
-    accepted message as a JSON line. ``request_timeout`` bounds how long one request may take to arrive
-    (a slower client gets 408 and is disconnected); ``idle_timeout`` how long any single read may wait.
-    The live event debugger is at :attr:`page_url`; with ``plan``, what breaks that tracking plan is flagged.
-
-    Bound to loopback (the default), it answers only requests whose ``Host`` names it (``127.0.0.1``,
-    ``localhost``, ``[::1]``, with or without the port; else 421), so no web page can read its events by
-    rebinding a name to this address. Bound beyond loopback, any ``Host`` is answered, and the debugger asks
-    for ``write_key`` by HTTP Basic (401); without one it stays closed there (403). See ``guard``.
+    Bound to loopback (the default), it answers only a ``Host`` naming it (else 421), so no web page can read
+    its events by rebinding a name to this address; bound beyond loopback, the debugger asks for
+    ``write_key`` by HTTP Basic (401), and stays closed (403) without one. See ``guard``.
     """
 
     def __init__(
