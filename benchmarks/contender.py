@@ -57,8 +57,24 @@ def mem_kib() -> dict:
     return {"rss_kib": out["VmRSS"], "peak_rss_kib": out["VmHWM"]}
 
 
-def _logger(handler: logging.Handler) -> logging.Logger:
-    log = logging.getLogger("bench.analytics")
+def thread_cpu_s(native_id: int) -> float | None:
+    """CPU seconds one thread of this process has used so far (Linux /proc; schedstat has ns resolution)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _worker_thread():
+    """The handler's sending thread (by its name), once it has started."""
+    import threading
+
+    return next((t for t in threading.enumerate() if t.name == "dreamdata-logging-worker" and t.native_id), None)
+
+
+def _logger(handler: logging.Handler, name: str = "bench.analytics") -> logging.Logger:
+    log = logging.getLogger(name)
     log.setLevel(logging.INFO)
     log.propagate = False
     log.addHandler(handler)
@@ -131,6 +147,7 @@ def run(args) -> dict:
     # ---------------------------------------------------------------- the emit loop
     # Loops are written out per contender so each costs exactly what the user's call costs.
     t0 = time.perf_counter_ns()
+    c0 = time.thread_time_ns()  # the caller thread's own CPU: what the loop costs it besides waiting
     if not outage:
         if c in ("null", "queue"):
             for _ in range(n):
@@ -158,8 +175,14 @@ def run(args) -> dict:
                 if i in checkpoints:
                     rss_curve.append((i, mem_kib()["rss_kib"]))
     t1 = time.perf_counter_ns()
+    c1 = time.thread_time_ns()
 
     res["caller_us"] = (t1 - t0) / n / 1000.0
+    res["caller_cpu_us"] = (c1 - c0) / n / 1000.0
+    worker = _worker_thread() if handler is not None else None
+    if worker is not None:
+        cpu = thread_cpu_s(worker.native_id)
+        res["worker_cpu_loop_us"] = None if cpu is None else cpu * 1e6 / n
     res["emit_seconds"] = (t1 - t0) / 1e9
 
     # ---------------------------------------------------------------- drain
@@ -175,6 +198,9 @@ def run(args) -> dict:
             client.flush()  # queue.join(): returns once every batch was posted (or given up)
             ok = None
         t2 = time.perf_counter_ns()
+        if worker is not None:
+            cpu = thread_cpu_s(worker.native_id)
+            res["worker_cpu_us"] = None if cpu is None else cpu * 1e6 / n
         res["flush_ok"] = ok
         res["e2e_seconds"] = (t2 - t0) / 1e9
         res["e2e_events_per_s"] = n / ((t2 - t0) / 1e9)
@@ -193,10 +219,29 @@ def run(args) -> dict:
     for mod_name, mod in list(sys.modules.items()):  # the package's own report, if it has one
         if mod_name.startswith("dreamdata_logging") and isinstance(getattr(mod, "BACKEND", None), str):
             res["json_backend"] = mod.BACKEND
+    if c == "dreamdata" and not outage:
+        res.update(_without_worker(n, event, props, ctx, uid))
     orj = sys.modules.get("orjson")
     res["orjson_loaded"] = orj is not None
     res["no_orjson_requested"] = bool(args.no_orjson)
     return res, handler, client
+
+
+def _without_worker(n: int, event, props, ctx, uid) -> dict:
+    """The same loop, after the measured one, to a handler with ``send=False``: the message is built,
+    checked and counted, but not queued, and no worker runs. The difference to the measured loop is
+    what queueing and sharing the interpreter with the sending thread cost the caller."""
+    import dreamdata_logging
+    from dreamdata_logging import track
+
+    quiet = dreamdata_logging.DreamdataHandler(WRITE_KEY, endpoint="http://127.0.0.1:9/v1/batch", send=False)
+    info = _logger(quiet, "bench.unsent").info
+    t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+    for _ in range(n):
+        info(event, extra=track(user_id=uid, properties=props, context=ctx))
+    t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+    quiet.close()
+    return {"unsent_caller_us": (t1 - t0) / n / 1000.0, "unsent_caller_cpu_us": (c1 - c0) / n / 1000.0}
 
 
 def main(argv=None) -> None:

@@ -282,6 +282,31 @@ def _get(runs, name, workload, scenario="throughput"):
     return merged
 
 
+def _split(r: dict) -> dict:
+    """Where a contender's caller time goes (µs per event), from the child's thread clocks.
+
+    caller_cpu_us: the caller thread's own CPU in the emit loop; caller_us minus it is time the thread
+    waited (for the interpreter lock while the worker held it, or for a core other processes held).
+    unsent_*: the same loop to a ``send=False`` handler (no queue, no worker). handover_cpu_us: the
+    caller's CPU with the worker minus without it: queueing plus handing the lock to and from the worker.
+    worker_cpu_*: the sending thread's own CPU, during the emit loop and until flush() returned.
+    """
+    out = {
+        k: r.get(k)
+        for k in (
+            "caller_cpu_us",
+            "unsent_caller_us",
+            "unsent_caller_cpu_us",
+            "worker_cpu_loop_us",
+            "worker_cpu_us",
+        )
+    }
+    cpu, unsent = r.get("caller_cpu_us"), r.get("unsent_caller_cpu_us")
+    out["waiting_us"] = None if cpu is None else r["caller_us"] - cpu
+    out["handover_cpu_us"] = None if cpu is None or unsent is None else cpu - unsent
+    return out
+
+
 def analyse(runs: list, events: int) -> tuple[dict, list]:
     summary: dict = {"throughput": {}, "outage": {}}
     for wl in WORKLOAD_NAMES:
@@ -311,6 +336,7 @@ def analyse(runs: list, events: int) -> tuple[dict, list]:
                 "receiver_cpu_s": r["receiver"].get("cpu_seconds"),
                 "e2e_seconds": r.get("e2e_seconds"),
                 "flush_ok": r.get("flush_ok"),
+                **_split(r),
             }
             rows[name] = row
         summary["throughput"][wl] = rows
@@ -444,6 +470,29 @@ def table(summary: dict, targets: list, events: int, outage_events: int) -> str:
                 f"{_f(r['mean_body'], '{:,.0f}'):>13}"
                 f"{_f(r['peak_rss_mib'], '{:.1f}'):>14}"
                 f"{_f(r['dropped'], '{:,}'):>9}{_f(r['delivered'], '{:,}'):>11}"
+            )
+    split = [
+        (wl, r)
+        for wl in WORKLOAD_NAMES
+        for name, r in summary["throughput"].get(wl, {}).items()
+        if name.startswith("dreamdata") and r.get("unsent_caller_cpu_us") is not None
+    ]
+    if split:
+        out.append(
+            "\nWhere the caller's time goes (us per event; cpu = the thread's own CPU; see benchmarks/README.md)"
+        )
+        hdr = (
+            f"{'workload':<9}{'contender':<19}{'caller':>8}{'cpu':>7}{'waiting':>9}{'no-worker':>11}{'cpu':>7}"
+            f"{'hand-over cpu':>15}{'worker cpu: loop':>18}{'all':>7}"
+        )
+        out.append(hdr)
+        out.append("-" * len(hdr))
+        for wl, r in split:
+            out.append(
+                f"{wl:<9}{r['label']:<19}{r['caller_us']:>8.2f}{_f(r['caller_cpu_us'], '{:.2f}'):>7}"
+                f"{_f(r['waiting_us'], '{:.2f}'):>9}{_f(r['unsent_caller_us'], '{:.2f}'):>11}"
+                f"{_f(r['unsent_caller_cpu_us'], '{:.2f}'):>7}{_f(r['handover_cpu_us'], '{:+.2f}'):>15}"
+                f"{_f(r['worker_cpu_loop_us'], '{:.2f}'):>18}{_f(r['worker_cpu_us'], '{:.2f}'):>7}"
             )
     if summary["outage"]:
         out.append(f"\nOutage (receiver answers 503; {outage_events:,} emits of 'small'; default queue bounds)")
