@@ -166,11 +166,11 @@ class Buffer:
             while self._side:  # left by re-entered puts: accounted now, like any other
                 self._accept(self._side.popleft())  # FULL is counted there
             arrived, self._queue = self._queue, deque()
-            self._queued_bytes = 0
+            arrived_bytes, self._queued_bytes = self._queued_bytes, 0  # summed by the callers as they put
             wanted = force or self.closed or self._flush_upto > self._batched
         if arrived:
             self._pending.extend(arrived)
-            self._pending_bytes += sum(map(len, arrived))
+            self._pending_bytes += arrived_bytes
         if not self._pending or (not wanted and not self._full_batch_pending()):
             return None
         return self._cut()
@@ -182,10 +182,19 @@ class Buffer:
     def _cut(self) -> tuple[list[bytes], int]:
         """The longest run from the head that fits one body: found with C-level sums, not a loop per message."""
         pending = self._pending
-        head = pending[: self.batch_events]
+        room = self._body_room
+        # Look only as far as a body can reach at the pending messages' mean size (a quarter more, for
+        # spread): at most one more look when that run fits whole and more are waiting.
+        reach = min(self.batch_events, len(pending))
+        if self._pending_bytes + reach - 1 > room:
+            reach = min(reach, (room * 5 // 4) * len(pending) // max(1, self._pending_bytes) + 1)
+        head = pending[:reach]
         # With n messages a body holds their bytes plus n - 1 commas: keep the n whose total fits the room.
         totals = list(map(add, accumulate(map(len, head)), count()))
-        n = max(1, bisect_right(totals, self._body_room))  # one message always goes (each fits on its own)
+        if totals[-1] <= room and reach < min(self.batch_events, len(pending)):
+            head = pending[: self.batch_events]
+            totals = list(map(add, accumulate(map(len, head)), count()))
+        n = max(1, bisect_right(totals, room))  # one message always goes (each fits on its own)
         items = head if n == len(head) else head[:n]
         del pending[:n]  # what is sent is referenced by the batch alone, so memory follows the queue
         size = totals[n - 1] - (n - 1)
