@@ -14,6 +14,8 @@ from itertools import accumulate, count
 from operator import add
 from typing import Callable, Optional
 
+_get_ident = threading.get_ident
+
 #: What :meth:`Buffer.put` did with a message.
 ACCEPTED, READY, FULL, CLOSED = 0, 1, 2, 3
 
@@ -56,17 +58,10 @@ class Buffer:
         CLOSED is not counted here: the caller decides (a reopened handler puts it in its new buffer)."""
         if self.closed:
             return CLOSED
-        ident = threading.get_ident()
+        ident = _get_ident()
         inside = self._inside
         if ident in inside:  # re-entered on this thread: never wait on our own lock
-            self._side.append(data)  # accepted by the worker before it may seal the buffer
-            if self.sealed:  # sealed in between: take it back (deque.remove is atomic) and say so
-                try:
-                    self._side.remove(data)
-                except ValueError:
-                    return READY
-                return CLOSED
-            return READY
+            return self._put_aside(data)
         inside.add(ident)
         try:
             with self._lock:
@@ -76,19 +71,30 @@ class Buffer:
         finally:
             inside.discard(ident)
 
+    def _put_aside(self, data: bytes) -> int:
+        """A put() re-entered on its own thread: the worker accepts the message before it may seal the buffer."""
+        self._side.append(data)
+        if self.sealed:  # sealed in between: take it back (deque.remove is atomic) and say so
+            try:
+                self._side.remove(data)
+            except ValueError:
+                return READY
+            return CLOSED
+        return READY
+
     def _accept(self, data: bytes) -> int:
         size = len(data)
-        if self.held >= self.max_events or self.held_bytes + size > self.max_bytes:
+        held = self.held
+        if held >= self.max_events or self.held_bytes + size > self.max_bytes:
             self.dropped_full += 1
             return FULL
-        self._queue.append(data)
+        queue = self._queue
+        queue.append(data)
         self.accepted += 1
-        self.held += 1
+        self.held = held + 1
         self.held_bytes += size
-        self._queued_bytes += size
-        if len(self._queue) >= self.batch_events or self._queued_bytes >= self._body_room:
-            return READY
-        return ACCEPTED
+        queued = self._queued_bytes = self._queued_bytes + size
+        return READY if queued >= self._body_room or len(queue) >= self.batch_events else ACCEPTED
 
     def seal(self) -> bool:
         """After close: True (and no message can enter again) when nothing is held or waiting.

@@ -54,17 +54,21 @@ class Worker:
         """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network, except
         up to ``block_on_full`` seconds for room when the queue is full and this caller may wait."""
         full = self.full
+        buffer = self.buffer
         if full is not None and full.block_on_full > 0 and self._may_wait():
-            status = self.buffer.put_waiting(data, full.block_on_full, self._send_now)
+            status = buffer.put_waiting(data, full.block_on_full, self._send_now)
         else:
-            status = self.buffer.put(data)
-        if status == FULL and full is not None:
-            full.dropped(data)
-        if self._thread is None:
+            status = buffer.put(data)
+        if status:  # not simply accepted: full, ready (wake the thread: once per batch) or closed
+            if status == FULL and full is not None:
+                full.dropped(data)
+            if self._thread is None:
+                self.start()
+            if status == READY and not self._wake.is_set() and not buffer.entered_here():
+                self._wake.set()
+        elif self._thread is None:
             self.start()
-        if status == READY and not self._wake.is_set() and not self.buffer.entered_here():
-            self._wake.set()
-        if self._drain is not None and self.buffer.over_high_water():
+        if self._drain is not None and buffer.over_high_water():
             self.dispatcher.spill()  # the endpoint is slow to take a batch: spool rather than drop
         return status
 
