@@ -47,6 +47,7 @@ class Worker:
         self._start_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self.closing = False
+        self.own_threads = dispatcher.own_threads  # the threads sending for us (see is_worker_thread)
 
     # -- the callers' side ----------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Worker:
 
     def is_worker_thread(self) -> bool:
         """True in the worker thread, and in any thread while it sends for us (an inline ship at exit)."""
-        return threading.get_ident() in self.dispatcher.own_threads
+        return threading.get_ident() in self.own_threads
 
     def _run(self) -> None:
         self.dispatcher.own_threads.add(threading.get_ident())
