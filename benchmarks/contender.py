@@ -4,12 +4,13 @@ Started by ``benchmarks.run``; prints ``RESULT {json}`` on stdout (and, for the 
 of the dreamdata contender, a later ``CLOSE {json}`` with how long ``close()`` took).
 
     python -m benchmarks.contender --contender dreamdata --workload small --events 100000 \
-        --endpoint http://127.0.0.1:8765/v1/batch [--scenario outage] [--no-orjson]
+        --endpoint http://127.0.0.1:8765/v1/batch [--scenario outage] [--no-orjson] [--send-false]
 
 Contenders:
   null       logger.info(..., extra=...) to a logging.NullHandler (the floor)
   queue      the same to a bare logging.handlers.QueueHandler(queue.SimpleQueue()), no listener
-  dreamdata  dreamdata_logging.DreamdataHandler with default settings (plus queue capacity)
+  dreamdata  dreamdata_logging.DreamdataHandler with default settings (plus queue capacity);
+             with --send-false, a handler that builds and counts but never queues (no worker)
   segment    segment.analytics.Client(...).track(...) with default settings (plus queue capacity)
 """
 
@@ -120,6 +121,8 @@ def run(args) -> dict:
             if "max_queue_bytes" in defaults:
                 need = n * wire_size(args.workload) * 2
                 kw["max_queue_bytes"] = max(need, int(defaults["max_queue_bytes"] or 0))
+        if args.send_false:  # built, checked and counted, never queued: no worker runs
+            kw = {"endpoint": args.endpoint, "send": False}
         handler = dreamdata_logging.DreamdataHandler(WRITE_KEY, **kw)
         log = _logger(handler)
         res["package_version"] = getattr(dreamdata_logging, "__version__", None)
@@ -191,7 +194,7 @@ def run(args) -> dict:
     elif client is not None:
         res["backlog_after_emits"] = client.queue.qsize()
 
-    if not outage and (handler is not None or client is not None):
+    if not outage and not args.send_false and (handler is not None or client is not None):
         if handler is not None:
             ok = handler.flush(timeout=args.flush_timeout)
         else:
@@ -219,29 +222,10 @@ def run(args) -> dict:
     for mod_name, mod in list(sys.modules.items()):  # the package's own report, if it has one
         if mod_name.startswith("dreamdata_logging") and isinstance(getattr(mod, "BACKEND", None), str):
             res["json_backend"] = mod.BACKEND
-    if c == "dreamdata" and not outage:
-        res.update(_without_worker(n, event, props, ctx, uid))
     orj = sys.modules.get("orjson")
     res["orjson_loaded"] = orj is not None
     res["no_orjson_requested"] = bool(args.no_orjson)
     return res, handler, client
-
-
-def _without_worker(n: int, event, props, ctx, uid) -> dict:
-    """The same loop, after the measured one, to a handler with ``send=False``: the message is built,
-    checked and counted, but not queued, and no worker runs. The difference to the measured loop is
-    what queueing and sharing the interpreter with the sending thread cost the caller."""
-    import dreamdata_logging
-    from dreamdata_logging import track
-
-    quiet = dreamdata_logging.DreamdataHandler(WRITE_KEY, endpoint="http://127.0.0.1:9/v1/batch", send=False)
-    info = _logger(quiet, "bench.unsent").info
-    t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-    for _ in range(n):
-        info(event, extra=track(user_id=uid, properties=props, context=ctx))
-    t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
-    quiet.close()
-    return {"unsent_caller_us": (t1 - t0) / n / 1000.0, "unsent_caller_cpu_us": (c1 - c0) / n / 1000.0}
 
 
 def main(argv=None) -> None:
@@ -252,6 +236,7 @@ def main(argv=None) -> None:
     ap.add_argument("--endpoint", default="http://127.0.0.1:8765/v1/batch")
     ap.add_argument("--scenario", default="throughput", choices=["throughput", "outage"])
     ap.add_argument("--no-orjson", action="store_true")
+    ap.add_argument("--send-false", action="store_true", help="dreamdata with send=False: the caller's path alone")
     ap.add_argument("--flush-timeout", type=float, default=240.0)
     args = ap.parse_args(argv)
 
