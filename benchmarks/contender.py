@@ -4,12 +4,13 @@ Started by ``benchmarks.run``; prints ``RESULT {json}`` on stdout (and, for the 
 of the dreamdata contender, a later ``CLOSE {json}`` with how long ``close()`` took).
 
     python -m benchmarks.contender --contender dreamdata --workload small --events 100000 \
-        --endpoint http://127.0.0.1:8765/v1/batch [--scenario outage] [--no-orjson]
+        --endpoint http://127.0.0.1:8765/v1/batch [--scenario outage] [--no-orjson] [--send-false]
 
 Contenders:
   null       logger.info(..., extra=...) to a logging.NullHandler (the floor)
   queue      the same to a bare logging.handlers.QueueHandler(queue.SimpleQueue()), no listener
-  dreamdata  dreamdata_logging.DreamdataHandler with default settings (plus queue capacity)
+  dreamdata  dreamdata_logging.DreamdataHandler with default settings (plus queue capacity);
+             with --send-false, a handler that builds and counts but never queues (no worker)
   segment    segment.analytics.Client(...).track(...) with default settings (plus queue capacity)
 """
 
@@ -57,8 +58,24 @@ def mem_kib() -> dict:
     return {"rss_kib": out["VmRSS"], "peak_rss_kib": out["VmHWM"]}
 
 
-def _logger(handler: logging.Handler) -> logging.Logger:
-    log = logging.getLogger("bench.analytics")
+def thread_cpu_s(native_id: int) -> float | None:
+    """CPU seconds one thread of this process has used so far (Linux /proc; schedstat has ns resolution)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _worker_thread():
+    """The handler's sending thread (by its name), once it has started."""
+    import threading
+
+    return next((t for t in threading.enumerate() if t.name == "dreamdata-logging-worker" and t.native_id), None)
+
+
+def _logger(handler: logging.Handler, name: str = "bench.analytics") -> logging.Logger:
+    log = logging.getLogger(name)
     log.setLevel(logging.INFO)
     log.propagate = False
     log.addHandler(handler)
@@ -104,6 +121,8 @@ def run(args) -> dict:
             if "max_queue_bytes" in defaults:
                 need = n * wire_size(args.workload) * 2
                 kw["max_queue_bytes"] = max(need, int(defaults["max_queue_bytes"] or 0))
+        if args.send_false:  # built, checked and counted, never queued: no worker runs
+            kw = {"endpoint": args.endpoint, "send": False}
         handler = dreamdata_logging.DreamdataHandler(WRITE_KEY, **kw)
         log = _logger(handler)
         res["package_version"] = getattr(dreamdata_logging, "__version__", None)
@@ -131,6 +150,7 @@ def run(args) -> dict:
     # ---------------------------------------------------------------- the emit loop
     # Loops are written out per contender so each costs exactly what the user's call costs.
     t0 = time.perf_counter_ns()
+    c0 = time.thread_time_ns()  # the caller thread's own CPU: what the loop costs it besides waiting
     if not outage:
         if c in ("null", "queue"):
             for _ in range(n):
@@ -158,8 +178,14 @@ def run(args) -> dict:
                 if i in checkpoints:
                     rss_curve.append((i, mem_kib()["rss_kib"]))
     t1 = time.perf_counter_ns()
+    c1 = time.thread_time_ns()
 
     res["caller_us"] = (t1 - t0) / n / 1000.0
+    res["caller_cpu_us"] = (c1 - c0) / n / 1000.0
+    worker = _worker_thread() if handler is not None else None
+    if worker is not None:
+        cpu = thread_cpu_s(worker.native_id)
+        res["worker_cpu_loop_us"] = None if cpu is None else cpu * 1e6 / n
     res["emit_seconds"] = (t1 - t0) / 1e9
 
     # ---------------------------------------------------------------- drain
@@ -168,13 +194,16 @@ def run(args) -> dict:
     elif client is not None:
         res["backlog_after_emits"] = client.queue.qsize()
 
-    if not outage and (handler is not None or client is not None):
+    if not outage and not args.send_false and (handler is not None or client is not None):
         if handler is not None:
             ok = handler.flush(timeout=args.flush_timeout)
         else:
             client.flush()  # queue.join(): returns once every batch was posted (or given up)
             ok = None
         t2 = time.perf_counter_ns()
+        if worker is not None:
+            cpu = thread_cpu_s(worker.native_id)
+            res["worker_cpu_us"] = None if cpu is None else cpu * 1e6 / n
         res["flush_ok"] = ok
         res["e2e_seconds"] = (t2 - t0) / 1e9
         res["e2e_events_per_s"] = n / ((t2 - t0) / 1e9)
@@ -207,6 +236,7 @@ def main(argv=None) -> None:
     ap.add_argument("--endpoint", default="http://127.0.0.1:8765/v1/batch")
     ap.add_argument("--scenario", default="throughput", choices=["throughput", "outage"])
     ap.add_argument("--no-orjson", action="store_true")
+    ap.add_argument("--send-false", action="store_true", help="dreamdata with send=False: the caller's path alone")
     ap.add_argument("--flush-timeout", type=float, default=240.0)
     args = ap.parse_args(argv)
 

@@ -40,6 +40,10 @@ CONTENDERS = {
     "queue": ("queue", [], "QueueHandler (floor)"),
     "dreamdata-json": ("dreamdata", ["--no-orjson"], "dreamdata, json"),
     "dreamdata-orjson": ("dreamdata", [], "dreamdata, orjson"),
+    # The caller's path alone (send=False: built, checked, counted; no queue, no worker), in a fresh
+    # interpreter like the others, so it is as cold as the contender it is compared with.
+    "dreamdata-json-unsent": ("dreamdata", ["--no-orjson", "--send-false"], "dreamdata, json, unsent"),
+    "dreamdata-orjson-unsent": ("dreamdata", ["--send-false"], "dreamdata, orjson, unsent"),
     "segment": ("segment", [], "segment-analytics"),
 }
 DELIVERING = ("dreamdata-json", "dreamdata-orjson", "segment")
@@ -282,6 +286,24 @@ def _get(runs, name, workload, scenario="throughput"):
     return merged
 
 
+def _split(r: dict, unsent: dict | None) -> dict:
+    """Where a contender's caller time goes (µs per event), from the children's thread clocks.
+
+    caller_cpu_us: the caller thread's own CPU in the emit loop; caller_us minus it is time the thread
+    waited (for the interpreter lock while the worker held it, or for a core other processes held).
+    unsent_*: the same loop to a ``send=False`` handler (no queue, no worker), in its own fresh child.
+    handover_cpu_us: the caller's CPU with the worker minus without it: queueing plus handing the lock
+    to and from the worker. worker_cpu_*: the sending thread's own CPU, during the loop and until flushed.
+    """
+    out = {k: r.get(k) for k in ("caller_cpu_us", "worker_cpu_loop_us", "worker_cpu_us")}
+    out["unsent_caller_us"] = unsent["caller_us"] if unsent else None
+    out["unsent_caller_cpu_us"] = unsent.get("caller_cpu_us") if unsent else None
+    cpu, unsent_cpu = r.get("caller_cpu_us"), out["unsent_caller_cpu_us"]
+    out["waiting_us"] = None if cpu is None else r["caller_us"] - cpu
+    out["handover_cpu_us"] = None if cpu is None or unsent_cpu is None else cpu - unsent_cpu
+    return out
+
+
 def analyse(runs: list, events: int) -> tuple[dict, list]:
     summary: dict = {"throughput": {}, "outage": {}}
     for wl in WORKLOAD_NAMES:
@@ -311,6 +333,7 @@ def analyse(runs: list, events: int) -> tuple[dict, list]:
                 "receiver_cpu_s": r["receiver"].get("cpu_seconds"),
                 "e2e_seconds": r.get("e2e_seconds"),
                 "flush_ok": r.get("flush_ok"),
+                **_split(r, _get(runs, name + "-unsent", wl) if name in DELIVERING else None),
             }
             rows[name] = row
         summary["throughput"][wl] = rows
@@ -431,19 +454,42 @@ def table(summary: dict, targets: list, events: int, outage_events: int) -> str:
             f"{properties_size(wl):,} B of properties)"
         )
         hdr = (
-            f"{'contender':<22}{'caller us/ev':>13}{'x floor':>9}{'e2e ev/s':>11}{'x segment':>10}{'backlog':>9}"
+            f"{'contender':<26}{'caller us/ev':>13}{'x floor':>9}{'e2e ev/s':>11}{'x segment':>10}{'backlog':>9}"
             f"{'requests':>10}{'mean body B':>13}{'peak RSS MiB':>14}{'dropped':>9}{'delivered':>11}"
         )
         out.append(hdr)
         out.append("-" * len(hdr))
         for r in rows.values():
             out.append(
-                f"{r['label']:<22}{_f(r['caller_us'], '{:.2f}'):>13}{_f(r['caller_x_floor'], '{:.2f}x'):>9}"
+                f"{r['label']:<26}{_f(r['caller_us'], '{:.2f}'):>13}{_f(r['caller_x_floor'], '{:.2f}x'):>9}"
                 f"{_f(r['e2e_events_per_s'], '{:,.0f}'):>11}{_f(r['e2e_x_segment'], '{:.2f}x'):>10}"
                 f"{_f(r['backlog_after_emits'], '{:,}'):>9}{_f(r['requests'], '{:,}'):>10}"
                 f"{_f(r['mean_body'], '{:,.0f}'):>13}"
                 f"{_f(r['peak_rss_mib'], '{:.1f}'):>14}"
                 f"{_f(r['dropped'], '{:,}'):>9}{_f(r['delivered'], '{:,}'):>11}"
+            )
+    split = [
+        (wl, r)
+        for wl in WORKLOAD_NAMES
+        for name, r in summary["throughput"].get(wl, {}).items()
+        if name.startswith("dreamdata") and r.get("unsent_caller_cpu_us") is not None
+    ]
+    if split:
+        out.append(
+            "\nWhere the caller's time goes (us per event; cpu = the thread's own CPU; see benchmarks/README.md)"
+        )
+        hdr = (
+            f"{'workload':<9}{'contender':<19}{'caller':>8}{'cpu':>7}{'waiting':>9}{'no-worker':>11}{'cpu':>7}"
+            f"{'hand-over cpu':>15}{'worker cpu: loop':>18}{'all':>7}"
+        )
+        out.append(hdr)
+        out.append("-" * len(hdr))
+        for wl, r in split:
+            out.append(
+                f"{wl:<9}{r['label']:<19}{r['caller_us']:>8.2f}{_f(r['caller_cpu_us'], '{:.2f}'):>7}"
+                f"{_f(r['waiting_us'], '{:.2f}'):>9}{_f(r['unsent_caller_us'], '{:.2f}'):>11}"
+                f"{_f(r['unsent_caller_cpu_us'], '{:.2f}'):>7}{_f(r['handover_cpu_us'], '{:+.2f}'):>15}"
+                f"{_f(r['worker_cpu_loop_us'], '{:.2f}'):>18}{_f(r['worker_cpu_us'], '{:.2f}'):>7}"
             )
     if summary["outage"]:
         out.append(f"\nOutage (receiver answers 503; {outage_events:,} emits of 'small'; default queue bounds)")
@@ -486,6 +532,8 @@ def chart(summary: dict, path: Path, mach: dict, events: int) -> str | None:
         "queue": "#888888",
         "dreamdata-json": "#4c72b0",
         "dreamdata-orjson": "#1f3f7a",
+        "dreamdata-json-unsent": "#9fb7dc",
+        "dreamdata-orjson-unsent": "#6f87b8",
         "segment": "#dd8452",
     }
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -29,6 +30,8 @@ from dreamdata_logging.wire.rules import MAX_MESSAGE_BYTES
 DEFAULT_FLUSH_AT = 2000
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 100_000
+_getpid = os.getpid
+_get_ident = threading.get_ident
 DEFAULT_MAX_QUEUE_BYTES = 50_000_000
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_BLOCK_ON_FULL = 0.0
@@ -195,9 +198,11 @@ class DreamdataHandler(HandlerSettings, logging.Handler):
         elif self.include_extra:
             extra = _record.extra_fields(record)
         delivery = self._delivery
-        worker = delivery.worker_for_this_process()  # a new process (forked without hooks) starts clean
+        worker = delivery.worker
+        if worker.pid != _getpid():
+            worker = delivery.worker_for_this_process()  # a new process (forked without hooks) starts clean
         # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
-        if event is None or record.name.startswith("dreamdata_logging") or worker.is_worker_thread():
+        if event is None or record.name.startswith("dreamdata_logging") or _get_ident() in worker.own_threads:
             delivery.ledger.add("skipped")
             return
         extra_fields = extra if self.include_extra else None

@@ -15,6 +15,7 @@ from itertools import accumulate, count
 from operator import add
 from typing import Callable, Optional
 
+_get_ident = threading.get_ident
 
 class Put(enum.Enum):
     """What :meth:`Buffer.put` did with a message."""
@@ -66,17 +67,10 @@ class Buffer:
         CLOSED is not counted here: the caller decides (a reopened handler puts it in its new buffer)."""
         if self.closed:
             return CLOSED
-        ident = threading.get_ident()
+        ident = _get_ident()
         inside = self._inside
         if ident in inside:  # re-entered on this thread: never wait on our own lock
-            self._side.append(data)  # accepted by the worker before it may seal the buffer
-            if self.sealed:  # sealed in between: take it back (deque.remove is atomic) and say so
-                try:
-                    self._side.remove(data)
-                except ValueError:
-                    return READY
-                return CLOSED
-            return READY
+            return self._put_aside(data)
         inside.add(ident)
         try:
             with self._lock:
@@ -86,19 +80,30 @@ class Buffer:
         finally:
             inside.discard(ident)
 
+    def _put_aside(self, data: bytes) -> Put:
+        """A put() re-entered on its own thread: the worker accepts the message before it may seal the buffer."""
+        self._side.append(data)
+        if self.sealed:  # sealed in between: take it back (deque.remove is atomic) and say so
+            try:
+                self._side.remove(data)
+            except ValueError:
+                return READY
+            return CLOSED
+        return READY
+
     def _accept(self, data: bytes) -> Put:
         size = len(data)
-        if self.held >= self.max_events or self.held_bytes + size > self.max_bytes:
+        held = self.held
+        if held >= self.max_events or self.held_bytes + size > self.max_bytes:
             self.dropped_full += 1
             return FULL
-        self._queue.append(data)
+        queue = self._queue
+        queue.append(data)
         self.accepted += 1
-        self.held += 1
+        self.held = held + 1
         self.held_bytes += size
-        self._queued_bytes += size
-        if len(self._queue) >= self.batch_events or self._queued_bytes >= self._body_room:
-            return READY
-        return ACCEPTED
+        queued = self._queued_bytes = self._queued_bytes + size
+        return READY if queued >= self._body_room or len(queue) >= self.batch_events else ACCEPTED
 
     def seal(self) -> bool:
         """After close: True (and no message can enter again) when nothing is held or waiting.
@@ -176,11 +181,11 @@ class Buffer:
             while self._side:  # left by re-entered puts: accounted now, like any other
                 self._accept(self._side.popleft())  # FULL is counted there
             arrived, self._queue = self._queue, deque()
-            self._queued_bytes = 0
+            arrived_bytes, self._queued_bytes = self._queued_bytes, 0  # summed by the callers as they put
             wanted = force or self.closed or self._flush_upto > self._batched
         if arrived:
             self._pending.extend(arrived)
-            self._pending_bytes += sum(map(len, arrived))
+            self._pending_bytes += arrived_bytes
         if not self._pending or (not wanted and not self._full_batch_pending()):
             return None
         return self._cut()
@@ -192,10 +197,19 @@ class Buffer:
     def _cut(self) -> tuple[list[bytes], int]:
         """The longest run from the head that fits one body: found with C-level sums, not a loop per message."""
         pending = self._pending
-        head = pending[: self.batch_events]
+        room = self._body_room
+        # Look only as far as a body can reach at the pending messages' mean size (a quarter more, for
+        # spread): at most one more look when that run fits whole and more are waiting.
+        reach = min(self.batch_events, len(pending))
+        if self._pending_bytes + reach - 1 > room:
+            reach = min(reach, (room * 5 // 4) * len(pending) // max(1, self._pending_bytes) + 1)
+        head = pending[:reach]
         # With n messages a body holds their bytes plus n - 1 commas: keep the n whose total fits the room.
         totals = list(map(add, accumulate(map(len, head)), count()))
-        n = max(1, bisect_right(totals, self._body_room))  # one message always goes (each fits on its own)
+        if totals[-1] <= room and reach < min(self.batch_events, len(pending)):
+            head = pending[: self.batch_events]
+            totals = list(map(add, accumulate(map(len, head)), count()))
+        n = max(1, bisect_right(totals, room))  # one message always goes (each fits on its own)
         items = head if n == len(head) else head[:n]
         del pending[:n]  # what is sent is referenced by the batch alone, so memory follows the queue
         size = totals[n - 1] - (n - 1)

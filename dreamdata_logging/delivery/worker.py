@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional
 
 from dreamdata_logging.delivery import lifecycle
-from dreamdata_logging.delivery.buffer import FULL, READY, Buffer, Put
+from dreamdata_logging.delivery.buffer import ACCEPTED, FULL, READY, Buffer, Put
 from dreamdata_logging.delivery.deadlines import Deadlines, set_unless_busy
 from dreamdata_logging.delivery.dispatch import Dispatcher, Fate
 from dreamdata_logging.delivery.full import FullQueue
@@ -49,6 +49,7 @@ class Worker:
         self._start_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self.closing = False
+        self.own_threads = dispatcher.own_threads  # the threads sending for us (see is_worker_thread)
 
     # -- the callers' side ----------------------------------------------------------------------
 
@@ -56,17 +57,21 @@ class Worker:
         """Queue one message (see :mod:`._buffer` for the result). Never blocks on the network, except
         up to ``block_on_full`` seconds for room when the queue is full and this caller may wait."""
         full = self.full
+        buffer = self.buffer
         if full is not None and full.block_on_full > 0 and self._may_wait():
-            status = self.buffer.put_waiting(data, full.block_on_full, self._send_now)
+            status = buffer.put_waiting(data, full.block_on_full, self._send_now)
         else:
-            status = self.buffer.put(data)
-        if status is FULL and full is not None:
-            full.dropped(data)
-        if self._thread is None:
+            status = buffer.put(data)
+        if status is not ACCEPTED:  # not simply accepted: full, ready (wake the thread: once per batch) or closed
+            if status is FULL and full is not None:
+                full.dropped(data)
+            if self._thread is None:
+                self.start()
+            if status is READY and not self._wake.is_set() and not buffer.entered_here():
+                self._wake.set()
+        elif self._thread is None:
             self.start()
-        if status is READY and not self._wake.is_set() and not self.buffer.entered_here():
-            self._wake.set()
-        if self._drain is not None and self.buffer.over_high_water():
+        if self._drain is not None and buffer.over_high_water():
             self.dispatcher.spill()  # the endpoint is slow to take a batch: spool rather than drop
         return status
 
@@ -171,7 +176,7 @@ class Worker:
 
     def is_worker_thread(self) -> bool:
         """True in the worker thread, and in any thread while it sends for us (an inline ship at exit)."""
-        return threading.get_ident() in self.dispatcher.own_threads
+        return threading.get_ident() in self.own_threads
 
     def _run(self) -> None:
         self.dispatcher.own_threads.add(threading.get_ident())
