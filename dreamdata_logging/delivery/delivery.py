@@ -179,14 +179,10 @@ class Delivery:
 
     def put(self, data: bytes, worker: Worker) -> Put:
         """Queue one message; a worker that closed meanwhile hands it to the renewed one (not at exit)."""
-        status = worker.put(data)  # the common case: accepted (or full) at the first try
-        if status is not CLOSED:
-            return status
-        for attempt in range(MAX_REOPENS_PER_EVENT):
-            if attempt:
-                status = worker.put(data)
-                if status is not CLOSED:
-                    return status
+        for _ in range(MAX_REOPENS_PER_EVENT):  # the common case returns at the first put
+            status = worker.put(data)
+            if status is not CLOSED:
+                return status
             if lifecycle.exiting():
                 break
             worker = self.renew(worker)
