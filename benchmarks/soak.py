@@ -16,6 +16,7 @@ or still in the spool). It prints a summary and writes every sample to ``--out``
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import logging.config
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -71,7 +73,7 @@ class Soak:
                        "handlers": {"plain": {"class": "logging.NullHandler"}},
                        "loggers": {"server": {"handlers": ["plain"], "level": "INFO"}}}  # fmt: skip
         self.log = logging.getLogger("analytics")
-        self.stats: list[dict[str, int]] = []  # of handlers no longer used (their final counts)
+        self.retired: list[DreamdataHandler] = []  # detached and closed (an event still under way may reopen one)
         self.handlers: list[DreamdataHandler] = []
         self.logged = 0
         self.logged_lock = threading.Lock()
@@ -89,9 +91,8 @@ class Soak:
         attached = set(self.log.handlers)
         for handler in [h for h in self.handlers if h not in attached]:
             handler.close()  # (a logging thread may have reopened it after dictConfig closed it)
-            if handler.stats()["queued"] == 0:
-                self.stats.append(handler.stats())
-                self.handlers.remove(handler)
+            self.handlers.remove(handler)
+            self.retired.append(handler)
 
     def emit(self, source: str) -> None:
         self.log.info("Soak Step", extra=track(user_id=source, message_id=f"{source}-{uuid.uuid4().hex}"))
@@ -113,17 +114,24 @@ class Soak:
     def fork_child(self) -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            for _ in range(5):
-                self.log.info("Child", extra=track(user_id="child", message_id=f"child-{uuid.uuid4().hex}"))
-            current = [h for h in self.log.handlers if isinstance(h, DreamdataHandler)]
-            current += [h for h in self.handlers if h not in current]  # closed ones count here too
-            for handler in current:
-                handler.flush(10)
-                handler.close()  # stops its thread (it may be draining the spool), so the counts are final
-            os.write(write_end, json.dumps([h.stats() for h in current]).encode())
-            os._exit(0)
+        if pid == 0:  # the child: log, flush, report, and end without exit hooks, whatever happens
+            code = 1
+            try:
+                os.close(read_end)
+                faulthandler.dump_traceback_later(50, exit=True)  # a hang shows where, then ends the child
+                for _ in range(5):
+                    self.log.info("Child", extra=track(user_id="child", message_id=f"child-{uuid.uuid4().hex}"))
+                current = [h for h in self.log.handlers if isinstance(h, DreamdataHandler)]
+                current += [h for h in self.retired + self.handlers if h not in current]  # closed ones count too
+                for handler in current:
+                    handler.flush(10)
+                    handler.close()  # stops its thread (it may be draining the spool), so the counts are final
+                os.write(write_end, json.dumps([h.stats() for h in current]).encode())
+                code = 0
+            except BaseException:
+                traceback.print_exc()  # on stderr: the run says the child failed
+            finally:
+                os._exit(code)
         os.close(write_end)
         data, deadline = b"", time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -180,9 +188,9 @@ class Soak:
         self.collector.set_down(None)
         self.emit("main")  # reopens whatever a close or a reconfiguration left closed but attached
         flushed = [h.flush(120) for h in self.log.handlers if isinstance(h, DreamdataHandler)]
-        for handler in self.handlers:
+        for handler in self.retired + self.handlers:
             handler.close()
-        final = self.stats + [h.stats() for h in self.handlers]
+        final = [h.stats() for h in self.retired + self.handlers]
         self.collector.stop()
         return self.check(final, flushed, time.monotonic() - started)
 

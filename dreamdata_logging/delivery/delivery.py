@@ -137,13 +137,15 @@ class Delivery:
         )  # fmt: skip
 
     def _worker_stopped(self) -> None:
-        """A worker's thread ended after close(): once none is left, let the connections and the deadline
-        thread go too (a handler closed for good leaves nothing running; a reopen starts them again)."""
+        """A worker's thread ended after close(): once none is left, let the connections, the spool's and the
+        deadline thread go too (a handler closed for good holds nothing open; a reopen opens them again)."""
         worker = self.worker
         if not worker.closing or worker.pid != os.getpid():
             return  # reopened meanwhile (its worker sends), or a parent's worker
         if all(w.stopped or w.is_worker_thread() for w in self.workers()):
             self.transport.close()
+            if self.spool is not None:
+                self.spool.close()  # its SQLite connection and page cache; the next use opens it again
 
     # -- the process this runs in ---------------------------------------------------------------
 
