@@ -259,7 +259,8 @@ def test_uvicorn_sigterm_loses_nothing(collector, tmp_path):
                 assert client.get(f"/{n}").json() == {"n": n}
         assert collector.received() == []  # flush_interval=60: all still queued
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0, server.stderr.read().decode() if server.stderr else ""
+        # uvicorn's own ending: 0.39 re-raises the signal it caught after its graceful shutdown, newer ones exit 0.
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM), server.stderr.read().decode() if server.stderr else ""
     finally:
         if server.poll() is None:
             server.kill()

@@ -181,14 +181,14 @@ def test_queue_handler_in_front_delivers_at_exit(collector):
 
 def _documented_keywords() -> dict[str, str]:
     """Each entry of the Args block of DreamdataHandler's docstring: keyword -> its text."""
-    doc = DreamdataHandler.__doc__ or ""
-    assert "\n    Args:\n" in doc
+    doc = inspect.cleandoc(DreamdataHandler.__doc__ or "")  # Python 3.13 strips the indentation itself
+    assert "\nArgs:\n" in doc
     entries: dict[str, str] = {}
     keyword = None
-    for line in doc.split("\n    Args:\n", 1)[1].splitlines():
-        if line.startswith(" " * 12) and keyword is not None:
+    for line in doc.split("\nArgs:\n", 1)[1].splitlines():
+        if line.startswith(" " * 8) and keyword is not None:
             entries[keyword] += " " + line.strip()
-        elif line.startswith(" " * 8) and ":" in line:
+        elif line.startswith(" " * 4) and ":" in line:
             keyword, text = line.strip().split(":", 1)
             entries[keyword] = text.strip()
     return entries

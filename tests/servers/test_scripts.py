@@ -133,7 +133,11 @@ def test_flush_and_emit_inside_on_error_return_at_once(collector: Collector, tmp
 def test_billiard_pool_children_deliver_before_billiard_ends_them(collector: Collector, tmp_path) -> None:
     """Outside Celery, a billiard pool child ends with os._exit() in billiard's worker exit path: its handler
     is closed there first. flush_interval 60: every event rides on that close."""
-    pytest.importorskip("billiard", reason="billiard is installed by the celery extra")
+    billiard = pytest.importorskip("billiard", reason="billiard is installed by the celery extra")
+    if tuple(int(part) for part in billiard.__version__.split(".")[:2]) < (4, 3):
+        # Seen with billiard 4.2.4 (the newest on Python 3.9): Pool(maxtasksperchild=1).map() fails with
+        # WorkerLostError on its own, with no logging at all, so the scenario cannot run there.
+        pytest.skip(f"billiard {billiard.__version__} loses pool jobs with maxtasksperchild=1 by itself")
     with Server([PY, "script_billiard.py", "16"], collector, tmp_path, env={"DD_FLUSH_INTERVAL": "60"}) as app:
         code, seconds = app.wait_exit(30)
         assert code == 0, app.output()
