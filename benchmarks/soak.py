@@ -74,6 +74,7 @@ class Soak:
                        "loggers": {"server": {"handlers": ["plain"], "level": "INFO"}}}  # fmt: skip
         self.log = logging.getLogger("analytics")
         self.retired: list[DreamdataHandler] = []  # detached and closed (an event still under way may reopen one)
+        self.final: list[dict[str, int]] = []  # the counts of handlers retired for good
         self.handlers: list[DreamdataHandler] = []
         self.logged = 0
         self.logged_lock = threading.Lock()
@@ -87,10 +88,18 @@ class Soak:
         for handler in self.log.handlers:
             if isinstance(handler, DreamdataHandler) and handler not in self.handlers:
                 self.handlers.append(handler)
-        # Handlers detached for good: settle them and keep only their counts (memory must stay flat).
+        # Handlers detached for good: closed (a logging call under way at the reconfiguration may reopen one)
+        # and kept one more round; a round later nothing can reach them: keep only their final counts, so
+        # the process holds no more than the handlers in use (memory must stay flat).
+        for handler in list(self.retired):
+            if handler.closed:
+                self.retired.remove(handler)
+                self.final.append(handler.stats())
+            else:
+                handler.close()  # reopened by a call that was under way: closed again, settled next round
         attached = set(self.log.handlers)
         for handler in [h for h in self.handlers if h not in attached]:
-            handler.close()  # (a logging thread may have reopened it after dictConfig closed it)
+            handler.close()
             self.handlers.remove(handler)
             self.retired.append(handler)
 
@@ -190,7 +199,7 @@ class Soak:
         flushed = [h.flush(120) for h in self.log.handlers if isinstance(h, DreamdataHandler)]
         for handler in self.retired + self.handlers:
             handler.close()
-        final = [h.stats() for h in self.retired + self.handlers]
+        final = self.final + [h.stats() for h in self.retired + self.handlers]
         self.collector.stop()
         return self.check(final, flushed, time.monotonic() - started)
 

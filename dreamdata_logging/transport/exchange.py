@@ -116,6 +116,7 @@ class Exchange:
             self.failure = f"{type(exc).__name__}: {exc}"
         finally:
             cut_off = watchdog.disarm()
+            request.body = None  # the body (up to 500 kB) is not kept until the next request
         if cut_off and not status:
             self.failure = f"no complete answer within {timeout:.3g}s (the request's total deadline)"
         return status
