@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 from hypothesis import HealthCheck, settings
 
-from dreamdata_logging import DreamdataHandler
+from dreamdata_logging import DreamdataHandler, track
 from dreamdata_logging.tools.collector import Collector
 
 from .scenarios.timings import tune
@@ -103,3 +103,20 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return str(cert), str(key)
+
+
+def logger_with(handler: logging.Handler) -> logging.Logger:
+    """A fresh, non-propagating logger at INFO with ``handler`` attached."""
+    log = logging.getLogger(f"test.{uuid.uuid4().hex}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    return log
+
+
+def log_events(log: logging.Logger, count: int, name: str = "Test Event") -> list[str]:
+    """Log ``count`` track events with known messageIds; returns the ids in order."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    for n, message_id in enumerate(ids):
+        log.info(name, extra=track(user_id=f"u{n}", message_id=message_id))
+    return ids

@@ -4,17 +4,15 @@ borrowed for the wait."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import threading
-import uuid
 from typing import Any
 
 import dreamdata_logging
-from dreamdata_logging import DreamdataHandler, track
+from dreamdata_logging import DreamdataHandler
 from dreamdata_logging.tools.collector import Collector
 
-from .conftest import WRITE_KEY
+from .conftest import WRITE_KEY, log_events, logger_with
 from .fault_servers import FaultServer, Request, refuse_messages
 
 
@@ -31,19 +29,6 @@ def gated(gate: threading.Event, accepted: list[str]):  # type: ignore[no-untype
     return answer
 
 
-def logger_with(handler: logging.Handler) -> logging.Logger:
-    log = logging.getLogger(f"test.aflush.{uuid.uuid4().hex}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log
-
-
-def log_events(log: logging.Logger, count: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    for n, message_id in enumerate(ids):
-        log.info("Async Flush", extra=track(user_id=f"u{n}", message_id=message_id))
-    return ids
 
 
 async def flush_while_ticking(flush: object, gate: threading.Event) -> tuple[bool, int]:

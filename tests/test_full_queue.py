@@ -7,16 +7,15 @@ import logging
 import logging.config
 import threading
 import time
-import uuid
 from typing import Any
 
 import pytest
 
-from dreamdata_logging import DreamdataHandler, QueueFullError, track
+from dreamdata_logging import DreamdataHandler, QueueFullError
 from dreamdata_logging.delivery import full as full_module
 from dreamdata_logging.tools.collector import Collector, Fault
 
-from .conftest import WRITE_KEY
+from .conftest import WRITE_KEY, log_events, logger_with
 from .fault_servers import FaultServer, refuse_messages
 
 
@@ -33,19 +32,6 @@ class Errors:
         return [(e, m) for e, m in self.calls if isinstance(e, QueueFullError)]
 
 
-def logger_with(handler: logging.Handler) -> logging.Logger:
-    log = logging.getLogger(f"test.full.{uuid.uuid4().hex}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log
-
-
-def log_events(log: logging.Logger, count: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    for n, message_id in enumerate(ids):
-        log.info("Full Queue Test", extra=track(user_id=f"u{n}", message_id=message_id))
-    return ids
 
 
 def sending(collector: Collector) -> None:

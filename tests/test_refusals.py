@@ -4,7 +4,6 @@ number of requests. A rejected write key is not split."""
 
 from __future__ import annotations
 
-import logging
 import math
 import socket
 import threading
@@ -20,7 +19,7 @@ from dreamdata_logging.delivery.outage import SpoolTiming
 from dreamdata_logging.delivery.refusals import MAX_ISOLATED
 from dreamdata_logging.tools.collector import Collector, Fault
 
-from .conftest import WRITE_KEY
+from .conftest import WRITE_KEY, log_events, logger_with
 from .fault_servers import FaultServer, Request, refuse_messages, respond
 from .scenarios.timings import QUICK_BACKOFF, tune
 
@@ -33,19 +32,6 @@ class Errors:
         self.calls.append((error, messages))
 
 
-def logger_with(handler: logging.Handler) -> logging.Logger:
-    log = logging.getLogger(f"test.refusals.{uuid.uuid4().hex}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log
-
-
-def log_events(log: logging.Logger, count: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    for n, message_id in enumerate(ids):
-        log.info("Refusal Test", extra=track(user_id=f"u{n}", message_id=message_id))
-    return ids
 
 
 def test_one_poisoned_message_among_2000_fails_alone_and_the_rest_arrive() -> None:
