@@ -65,11 +65,24 @@ def convert(value: Any) -> Any:
     return defaults.unknown_default(value)
 
 
-_json_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=convert)
+def _standard_encoder() -> Callable[[Any], str]:
+    """The standard library's C encoder, made once (``JSONEncoder.encode`` makes a new one per call).
+
+    It keeps no record of the containers it is in (``check_circular=False``): a cycle ends in a
+    RecursionError instead, and the careful path names it. So one encoder serves every thread."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - a Python built without the _json accelerator
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=convert).encode
+    encoder = make(None, convert, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+    return lambda value: join(encoder(value, 0))
+
+
+_json_text = _standard_encoder()
 
 
 def _dumps_json(value: Any) -> bytes:
-    return _json_encoder.encode(value).encode("utf-8")
+    return _json_text(value).encode("utf-8")
 
 
 _fast_dumps: Callable[[Any], bytes] = _dumps_json

@@ -58,10 +58,7 @@ def build_message(
             message[target] = {**extra_fields, **message.get(target, {})}
         if check is not None:
             check(kind, message)
-        head = _head(kind, message, record)
-        context = message.pop("context", None)
-        body = encoding.dumps(message) if message else b"{}"
-        data = b"".join((head, b"," if len(body) > 2 else b"", body[1:-1], b',"context":', _context(context), b"}"))
+        data = _serialise(_head(kind, message, record), message)
     except InvalidEventError as error:
         if error.event == "event":
             raise InvalidEventError(error.reason, describe({"type": kind, **message})) from None
@@ -76,8 +73,8 @@ def build_message(
 
 #: Below this many bytes under the limit, no encoder's spelling of numbers can take a message over it.
 _NEAR_LIMIT = 8_000
-_LIBRARY_JSON = encoding.dumps(_LIBRARY_ONLY)  # {"library":{...}}
-_LIBRARY_FIELD = b"," + _LIBRARY_JSON[1:]  # ,"library":{...}}
+_LIBRARY_FIELD = b"," + encoding.dumps(_LIBRARY_ONLY)[1:]  # ,"library":{...}} (closes the context)
+_CONTEXT_FIELD = b',"context":' + encoding.dumps(_LIBRARY_ONLY) + b"}"  # closes the message too
 
 
 def _check(kind: str, message: dict[str, Any]) -> None:
@@ -123,10 +120,15 @@ def _head(kind: str, message: dict[str, Any], record: logging.LogRecord) -> byte
     return f'{{"type":"{kind}","messageId":{id_json},"timestamp":"{timestamp}"'.encode()
 
 
-def _context(context: Optional[Mapping[str, Any]]) -> bytes:
-    """The context as JSON, naming this library unless the caller names one."""
+def _serialise(head: bytes, message: dict[str, Any]) -> bytes:
+    """``head`` and the rest of ``message`` as one message, naming this library in its context unless the
+    caller names one: one encoder call, with the context moved last so the library is spliced in before
+    the context's closing brace."""
+    context = message.pop("context", None)
     if not context:
-        return _LIBRARY_JSON
-    if "library" in context:  # a library the user names is kept
-        return encoding.dumps(context)
-    return encoding.dumps(context)[:-1] + _LIBRARY_FIELD
+        body = encoding.dumps(message)[1:-1]
+        return b"".join((head, b"," if body else b"", body, _CONTEXT_FIELD))
+    message["context"] = context  # now the last field: the text ends with the context's "}" and the message's
+    if "library" in context:  # a library the caller names is kept
+        return b"".join((head, b",", encoding.dumps(message)[1:]))
+    return b"".join((head, b",", encoding.dumps(message)[1:-2], _LIBRARY_FIELD, b"}"))
