@@ -7,6 +7,8 @@ closes the handler (it reopens), reconfigures logging (the same config, or anoth
 but attached), flushes, forks a child that logs and flushes, and flips the endpoint (the project's
 collector, keeping nothing in memory and streaming what it accepts to a file) between healthy, 503, 429,
 dropped connections and slow errors. The resident set size of the process is read from /proc every second.
+The collector runs in a process of its own (its connection threads and their memory are not the library's),
+told over a pipe which fault to play.
 
 At the end the endpoint is healthy, every handler flushes and closes, and the run checks: no messageId
 arrived twice; each handler's ledger adds up; every event that did not arrive is counted (failed, dropped,
@@ -23,6 +25,7 @@ import logging.config
 import os
 import random
 import select
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +47,42 @@ ACCOUNTED = (
 FAULTS = [None, None, Fault(503), Fault(429, headers={"Retry-After": "0"}), Fault(drop=True), Fault(503, delay=0.3)]
 
 
+class RemoteCollector:
+    """The project's collector in a child process: it streams what it accepts to ``out`` and keeps nothing;
+    :meth:`set_down` sends it the index of a fault in FAULTS (-1: healthy) over its stdin."""
+
+    def __init__(self, out: Path) -> None:
+        command = [sys.executable, "-m", "benchmarks.soak", "--serve-collector", str(out)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the collector did not start")
+
+    def set_down(self, fault: Any) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{-1 if fault is None else FAULTS.index(fault)}\n")
+        self.process.stdin.flush()
+        self.process.stdout.readline()  # played from now on
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # the child stops its collector (the file is complete) and exits
+        self.process.wait(60)
+
+
+def serve_collector(out: str) -> int:
+    """The child's side of :class:`RemoteCollector`."""
+    collector = Collector(write_key=KEY, keep=0, out=out).start()
+    print(collector.url, flush=True)
+    for line in sys.stdin:
+        index = int(line)
+        collector.set_down(None if index < 0 else FAULTS[index])
+        print("ok", flush=True)
+    collector.stop()
+    return 0
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -53,9 +92,9 @@ class Soak:
     def __init__(self, seed: int, spool: bool, folder: str) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
-        # The collector streams what it accepts to a file and keeps nothing in memory: the RSS is ours.
+        # The collector streams what it accepts to a file, in a process of its own: the RSS is the library's.
         self.out = Path(folder) / "arrived.jsonl"
-        self.collector = Collector(write_key=KEY, keep=0, out=str(self.out)).start()
+        self.collector = RemoteCollector(self.out)
         entry: dict[str, Any] = {
             "class": "dreamdata_logging.DreamdataHandler", "write_key": KEY, "endpoint": self.collector.url,
             "flush_at": "200", "flush_interval": "0.05", "timeout": "3", "max_retries": "2",
@@ -226,13 +265,16 @@ class Soak:
             "uncounted": logged - len(arrived) - lost - spooled, "flushed": flushed,
             "handlers": len(everyone), "children": len(self.children),
             "children_failed": sum(1 for child in self.children if child["status"] != 0),
-            "rss_first_quarter_mib": round(max(rss[:quarter]) / 2**20, 1) if rss else None,
+        "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+        "rss_first_quarter_mib": round(max(rss[:quarter]) / 2**20, 1) if rss else None,
             "rss_last_quarter_mib": round(max(rss[-quarter:]) / 2**20, 1) if rss else None,
             "rss_samples": self.samples,
         }  # fmt: skip
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--serve-collector"]:
+        return serve_collector(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
