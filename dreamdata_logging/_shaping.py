@@ -12,7 +12,6 @@ counted once in ``plan_violations`` and reported, rate-limited by event name and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -43,7 +42,7 @@ class _Dropped(Exception):
 
 def _as_json(value: Any) -> Any:
     """``value`` as it is sent: what the encoder makes of dates, decimals, tuples..."""
-    return json.loads(encoding.dumps(value))
+    return encoding.loads(encoding.dumps(value))
 
 
 class Shaper:
@@ -71,7 +70,7 @@ class Shaper:
         try:
             if self.before_send is None:
                 return build_message(event, record, defaults, extra_fields, name, self._check)
-            message = json.loads(build_message(event, record, defaults, extra_fields, name, limit=_NO_LIMIT))
+            message = encoding.loads(build_message(event, record, defaults, extra_fields, name, limit=_NO_LIMIT))
             result = self._call_hook(message)
             if result is None:
                 self._delivery.ledger.add("filtered")

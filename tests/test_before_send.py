@@ -225,3 +225,20 @@ def test_a_value_that_is_not_callable_is_refused_at_construction() -> None:
         DreamdataHandler(WRITE_KEY, before_send=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="before_send: cannot import 'no_such_module.hook'"):
         DreamdataHandler(WRITE_KEY, before_send="no_such_module.hook")  # type: ignore[arg-type]
+
+
+def test_it_sees_integers_beyond_64_bits_exactly(collector: Collector, make_handler, make_logger) -> None:
+    """The hook's dict is decoded from the message as sent; a fast decoder that reads big integers as
+    floats is not used for such a message."""
+    seen: list[Any] = []
+
+    def hook(message: dict[str, Any]) -> dict[str, Any]:
+        seen.append(message["properties"])
+        return message
+
+    handler = make_handler(before_send=hook)
+    big = {"big": 123456789012345678901234567890, "negative": -(2**70), "id_text": "1234567890123456789012"}
+    make_logger(handler).info("Counted", extra=track(user_id="u1", properties=big))
+    assert handler.flush(timeout=15)
+    assert seen == [big] and type(seen[0]["big"]) is int
+    assert collector.received()[0]["properties"] == big

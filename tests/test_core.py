@@ -320,6 +320,29 @@ def test_user_timestamps_become_utc(collector, make_handler, make_logger, given,
     assert collector.received()[0]["timestamp"] == wire
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        "2024-02-30T00:00:00.000Z",
+        "2024-13-01T00:00:00.000Z",
+        "\u0662024-01-01T00:00:00.000Z",
+        "0000-01-01T00:00:00.000Z",
+    ],
+)
+def test_text_in_wire_form_that_is_no_date_is_refused(make_handler, make_logger, given):
+    """Text already in wire form is kept as it is only when it is a real date and time."""
+    handler = make_handler(send=False)
+    make_logger(handler).info("Timed", extra=track(user_id="u1", timestamp=given))
+    assert handler.stats()["invalid"] == 1 and handler.stats()["emitted"] == 0
+
+
+def test_text_in_wire_form_is_kept(collector, make_handler, make_logger):
+    handler = make_handler()
+    make_logger(handler).info("Timed", extra=track(user_id="u1", timestamp="2024-02-29T23:59:59.999Z"))
+    assert handler.flush(timeout=10)
+    assert collector.received()[0]["timestamp"] == "2024-02-29T23:59:59.999Z"
+
+
 def test_every_type_and_its_fields(collector, make_handler, make_logger):
     from dreamdata_logging import alias, group, page, screen
 
