@@ -199,8 +199,11 @@ class DreamdataHandler(HandlerSettings, logging.Handler):
             extra = _record.extra_fields(record)
         delivery = self._delivery
         worker = delivery.worker
-        if worker.pid != _getpid():
-            worker = delivery.worker_for_this_process()  # a new process (forked without hooks) starts clean
+        # A new process (forked without hooks, as by uWSGI) starts clean. The record carries the process id
+        # logging read for it: no system call of ours per event (and a record from another process, say
+        # through a QueueListener, only costs the check that this is still the same process).
+        if worker.pid != (record.process or _getpid()):
+            worker = delivery.worker_for_this_process()
         # Our own diagnostics and whatever is logged while we send (requests, urllib3) never feed us.
         if event is None or record.name.startswith("dreamdata_logging") or _get_ident() in worker.own_threads:
             delivery.ledger.add("skipped")

@@ -4,6 +4,7 @@ against the real local collector running in the test process."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -127,12 +128,13 @@ def test_ctrl_c_with_the_endpoint_down_keeps_to_shutdown_timeout(collector):
 # -- fork ----------------------------------------------------------------------------------------------
 
 
-def run_fork_app(collector: Collector, mode: str) -> list[dict[str, Any]]:
+def run_fork_app(collector: Collector, mode: str, env: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
     run = subprocess.run(
         [sys.executable, str(SCENARIOS / "fork_app.py"), collector.url, mode],
         capture_output=True,
         text=True,
         timeout=HARD_TIMEOUT,
+        env={**os.environ, **(env or {})},
     )
     assert run.returncode == 0, run.stderr
     return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -164,6 +166,20 @@ def test_forked_child_ships_its_own_events_and_not_the_parents(collector, mode):
     if mode == "in-flight":
         stalled = [r for r in collector.requests() if r.error == "fault: 200"]
         assert [r.message_count for r in stalled] == [5]  # the parent's batch, given up on (timeout=2) and retried
+
+
+@pytest.mark.parametrize("process_ids", ["in records", "not in records"])
+def test_a_child_forked_without_pythons_fork_hooks_starts_clean(collector, process_ids):
+    """A fork that runs none of Python's fork hooks (uWSGI's workers) is noticed at the child's first event
+    by its process id (the record's, or read by the handler when logging.logProcesses is off): the child
+    sends its own events, never the parent's."""
+    env = {"FORK_APP_NO_PROCESS_IDS": "1"} if process_ids == "not in records" else {}
+    lines = run_fork_app(collector, "no-hooks", env)
+    assert {"child_exit": 0} in lines
+    assert by_process(collector) == {"parent": 5, "child": 3, "parent-after": 2}
+    child, parent = report(lines, "child"), report(lines, "parent")
+    assert child is not None and parent is not None and child["pid"] != parent["pid"]
+    assert child["stats"]["emitted"] == 3 and parent["stats"]["emitted"] == 7
 
 
 def test_multiprocessing_fork_children_deliver_before_they_end(collector):

@@ -4,7 +4,9 @@ MODE "os-fork": the parent queues 5 events, forks; the child emits 3 of its own 
 the parent then emits 2 more and exits. "in-flight": as "os-fork", but the parent's first batch is inside
 a request when it forks. "multiprocessing": the parent queues 2, then two multiprocessing "fork" children
 each emit 3 and return (they end with os._exit). "stress": a thread keeps emitting while the main thread
-forks 10 times; each child emits one event, flushes and leaves with os._exit().
+forks 10 times; each child emits one event, flushes and leaves with os._exit(). "no-hooks": as "os-fork",
+but the fork is libc's own, with none of Python's fork hooks run (as uWSGI forks its workers); the child
+flushes and leaves with os._exit().
 Every event's userId names the process that emitted it.
 """
 
@@ -21,6 +23,8 @@ import time
 from dreamdata_logging import DreamdataHandler, track
 
 endpoint, mode = sys.argv[1], sys.argv[2]
+if os.environ.get("FORK_APP_NO_PROCESS_IDS"):
+    logging.logProcesses = False  # records carry no process id: the handler reads its own
 handler = DreamdataHandler(
     "test-write-key-7c1f", endpoint=endpoint, flush_interval=0.01 if mode == "in-flight" else 60, timeout=2
 )
@@ -69,6 +73,20 @@ if mode in ("os-fork", "in-flight"):
         emit("child", 3)
         report("child")
         sys.exit(0)  # a normal exit: atexit, logging.shutdown(), close()
+    code = wait_child(pid)
+    emit("parent-after", 2)
+    report("parent")
+    say({"child_exit": code})
+elif mode == "no-hooks":
+    import ctypes
+
+    emit("parent", 5)
+    pid = ctypes.PyDLL(None).fork()  # PyDLL: the GIL stays held, as in a C fork from the interpreter
+    if pid == 0:  # the first call into the handler here is an event
+        emit("child", 3)
+        flushed = handler.flush(timeout=20)
+        report("child")
+        os._exit(0 if flushed else 3)
     code = wait_child(pid)
     emit("parent-after", 2)
     report("parent")
