@@ -10,9 +10,13 @@ dropped connections and slow errors. The resident set size of the process is rea
 The collector runs in a process of its own (its connection threads and their memory are not the library's),
 told over a pipe which fault to play.
 
-At the end the endpoint is healthy, every handler flushes and closes, and the run checks: no messageId
-arrived twice; each handler's ledger adds up; every event that did not arrive is counted (failed, dropped,
-or still in the spool). It prints a summary and writes every sample to ``--out``.
+At the end the endpoint is healthy, every handler flushes and closes, and the run checks: each handler's
+ledger adds up; every event that did not arrive is counted (failed, dropped, or still in the spool); what the
+ledgers count as delivered is exactly what arrived, so no event was sent by two workers and counted twice.
+Delivery is at least once: a request whose answer never came back (cut at its deadline, say by a close)
+is sent again, so the endpoint may see its events twice, under the same messageIds, and count them once
+(Dreamdata deduplicates by messageId). The run reports how many arrived twice; it does not fail on them.
+It prints a summary and writes every sample to ``--out``.
 """
 
 from __future__ import annotations
@@ -260,6 +264,7 @@ class Soak:
         return {
             "seed": self.seed, "seconds": round(seconds, 1), "actions": dict(self.actions),
             "logged": logged, "arrived": len(arrived), "twice": sum(1 for c in arrived.values() if c > 1),
+            "twice_from": dict(Counter(i.split("-")[0] for i, c in arrived.items() if c > 1)),
             "delivered_per_ledgers": totals["delivered"] + totals["spool_delivered"],
             "lost_counted": lost, "spooled_at_end": spooled, "unbalanced_ledgers": len(unbalanced),
             "uncounted": logged - len(arrived) - lost - spooled, "flushed": flushed,
@@ -287,7 +292,7 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     summary = {k: v for k, v in result.items() if k != "rss_samples"}
     print(json.dumps(summary, indent=1))
-    good = not result["twice"] and not result["unbalanced_ledgers"] and not result["uncounted"]
+    good = not result["unbalanced_ledgers"] and not result["uncounted"]
     good = good and not result["children_failed"]
     good = good and result["arrived"] == result["delivered_per_ledgers"]
     print("soak:", "every event counted once" if good else "FAILED", file=sys.stderr)
