@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,12 @@ settings.register_profile("ci", derandomize=True, database=None, max_examples=15
                           suppress_health_check=_QUIET, print_blob=True)  # fmt: skip
 settings.register_profile("dev", max_examples=400, deadline=None, suppress_health_check=_QUIET, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+# A shell that starts a command in the background without job control makes it ignore Ctrl-C, and every
+# process it starts inherits that: the tests that press Ctrl-C (here and in the servers they start) need
+# it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 WRITE_KEY = "test-write-key-7c1f"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
