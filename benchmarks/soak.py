@@ -22,6 +22,7 @@ It prints a summary and writes every sample to ``--out``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import faulthandler
 import json
 import logging
@@ -38,7 +39,7 @@ import traceback
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from dreamdata_logging import DreamdataHandler, track
 from dreamdata_logging.tools.collector import Collector, Fault
@@ -87,6 +88,34 @@ def serve_collector(out: str) -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+    )]  # fmt: skip
+
+
+def _mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
+    """glibc's own account of its heap (2.33 and later), or None elsewhere."""
+    try:
+        function = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return None
+    function.restype = _MallInfo2
+    return function  # type: ignore[no-any-return]
+
+
+MALLINFO = _mallinfo2()
+
+
+def malloc_bytes() -> Optional[tuple[int, int]]:
+    """(bytes malloc has handed out and not had back, bytes it holds free), glibc only: RSS that is free
+    memory kept by the allocator is not a leak."""
+    if MALLINFO is None:
+        return None
+    info = MALLINFO()
+    return info.uordblks + info.hblkhd, info.fordblks
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -124,6 +153,8 @@ class Soak:
         self.children: list[dict[str, Any]] = []
         self.running = threading.Event()
         self.samples: list[tuple[float, int]] = []
+        self.heap: list[tuple[float, int, int]] = []  # (seconds, malloc in use, malloc holding free)
+        self.blocks: list[int] = []  # Python's allocated memory blocks (objects), each second
         self.actions: Counter[str] = Counter()
 
     def configure(self, config: dict[str, Any]) -> None:
@@ -161,6 +192,10 @@ class Soak:
     def sampler(self, started: float) -> None:
         while self.running.is_set():
             self.samples.append((round(time.monotonic() - started, 1), rss_bytes()))
+            heap = malloc_bytes()
+            if heap is not None:
+                self.heap.append((self.samples[-1][0], *heap))
+            self.blocks.append(sys.getallocatedblocks())
             time.sleep(1.0)
 
     def fork_child(self) -> None:
@@ -273,8 +308,23 @@ class Soak:
         "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
         "rss_first_quarter_mib": round(max(rss[:quarter]) / 2**20, 1) if rss else None,
             "rss_last_quarter_mib": round(max(rss[-quarter:]) / 2**20, 1) if rss else None,
+            "malloc_in_use_first_quarter_mib": quarter_max(self.heap, 1, first=True),
+            "malloc_in_use_last_quarter_mib": quarter_max(self.heap, 1, first=False),
+            "malloc_free_held_last_quarter_mib": quarter_max(self.heap, 2, first=False),
+            "python_blocks_first_quarter": max(self.blocks[: max(1, len(self.blocks) // 4)], default=None),
+            "python_blocks_last_quarter": max(self.blocks[-max(1, len(self.blocks) // 4) :], default=None),
             "rss_samples": self.samples,
+            "malloc_samples": self.heap,
         }  # fmt: skip
+
+
+def quarter_max(samples: list[tuple[float, int, int]], column: int, first: bool) -> Optional[float]:
+    """The largest value of ``column`` in the first or last quarter of the run, in MiB."""
+    if not samples:
+        return None
+    quarter = max(1, len(samples) // 4)
+    part = samples[:quarter] if first else samples[-quarter:]
+    return round(max(row[column] for row in part) / 2**20, 1)
 
 
 def main() -> int:
@@ -290,7 +340,7 @@ def main() -> int:
         result = Soak(args.seed, args.spool, folder).run(args.minutes * 60)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    summary = {k: v for k, v in result.items() if k != "rss_samples"}
+    summary = {k: v for k, v in result.items() if not k.endswith("_samples")}
     print(json.dumps(summary, indent=1))
     good = not result["unbalanced_ledgers"] and not result["uncounted"]
     good = good and not result["children_failed"]
