@@ -6,7 +6,8 @@ Four threads log numbered events the whole time while the main thread, every few
 closes the handler (it reopens), reconfigures logging (the same config, or another that leaves ours closed
 but attached), flushes, forks a child that logs and flushes, and flips the endpoint (the project's
 collector, keeping nothing in memory and streaming what it accepts to a file) between healthy, 503, 429,
-dropped connections and slow errors. The resident set size of the process is read from /proc every second.
+dropped connections and slow errors. The resident set size of the process is read from /proc every second,
+with glibc's own account of its heap (bytes in use, and freed bytes it keeps) where it gives one.
 The collector runs in a process of its own (its connection threads and their memory are not the library's),
 told over a pipe which fault to play.
 
