@@ -516,6 +516,11 @@ def table(summary: dict, targets: list, events: int, outage_events: int) -> str:
         out.append(
             f"  [{mark}] {t['target']}: {vs} (need {t['op']} {t['limit']:,}){'  ' + t['note'] if t['note'] else ''}"
         )
+    if any(t["met"] is False for t in targets):
+        out.append(
+            "  A missed target: the split above shows the caller's own path (no-worker), the hand-over and the\n"
+            "  worker; docs/performance.md ('What is left, and why it does not go') takes each part apart."
+        )
     return "\n".join(out)
 
 
