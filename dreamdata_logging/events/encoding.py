@@ -121,6 +121,11 @@ def dumps(value: Any, *, fast: Optional[bool] = None) -> bytes:
         raise InvalidEventError("data is nested too deeply to serialise") from None
 
 
+def quoted(text: str) -> str:
+    """``text`` as a JSON string, as :func:`dumps` writes it (the common ASCII case without the encoder)."""
+    return _encode_str(text) if text.isascii() else dumps(text).decode("utf-8")
+
+
 def encode_message(message: Any) -> tuple[Optional[bytes], Optional[str]]:
     """A decoded message's compact UTF-8 JSON as the endpoint's side writes it (the standard library's
     spelling of numbers), or why it cannot travel: text that is not Unicode, a number JSON cannot hold,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -74,7 +73,6 @@ def build_message(
 
 #: Below this many bytes under the limit, no encoder's spelling of numbers can take a message over it.
 _NEAR_LIMIT = 8_000
-_quoted: Callable[[str], str] = json.encoder.encode_basestring  # ASCII text as a JSON string
 _LIBRARY_FIELD = b"," + encoding.dumps(_LIBRARY_ONLY)[1:]  # ,"library":{...}} (closes the context)
 _CONTEXT_FIELD = b',"context":' + encoding.dumps(_LIBRARY_ONLY) + b"}"  # closes the message too
 
@@ -113,7 +111,7 @@ def _head(kind: str, message: dict[str, Any], record: logging.LogRecord) -> byte
             message_id = str(encoding.convert(message_id))
         if message_id == "":  # the endpoint would refuse the whole batch over it
             raise InvalidEventError(fields.empty(quoted("messageId")))
-        id_json = _quoted(message_id) if message_id.isascii() else encoding.dumps(message_id).decode("utf-8")
+        id_json = encoding.quoted(message_id)
     timestamp = message.pop("timestamp", None)
     if timestamp is None:
         timestamp = format_timestamp(int(record.created), int(record.msecs))

@@ -80,18 +80,10 @@ def now_timestamp() -> str:
     return format_timestamp(int(now), int(now * 1000) % 1000)
 
 
-#: A timestamp already in wire form (a message handed back by ``before_send`` has one).
-_WIRE_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
-
-
 def user_timestamp(value: Any) -> str:
     """A user-given timestamp (datetime, ISO text or epoch seconds) in wire form."""
-    if type(value) is str and _WIRE_TIMESTAMP.fullmatch(value):
-        try:
-            datetime.datetime.fromisoformat(value[:-1])  # a real date and time: kept as it is
-            return value
-        except ValueError:
-            pass  # e.g. February 30th: refused below, as any text that is not a date
+    if type(value) is str and is_wire_timestamp(value):  # already in wire form (before_send's): kept as it is
+        return value
     if isinstance(value, datetime.datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
     elif isinstance(value, str):
