@@ -20,14 +20,14 @@ from dreamdata_logging.tools.collector import Collector
 
 from .scenarios.timings import tune
 
-# Property tests: the same examples on every CI run ("ci", chosen where CI is set); more, and new ones each
-# run, on a developer's machine ("dev"). HYPOTHESIS_PROFILE picks one by name. An example either profile ever
-# found failing is kept in the tests as an explicit case (@example or a parametrized test).
+# Property tests: the same examples on every run ("ci", the default: a newcomer's run never fails by chance);
+# more, and new ones each run, with HYPOTHESIS_PROFILE=dev. An example either profile ever found failing is
+# kept in the tests as an explicit case (@example or a parametrized test).
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", derandomize=True, database=None, max_examples=150, deadline=None,
                           suppress_health_check=_QUIET, print_blob=True)  # fmt: skip
 settings.register_profile("dev", max_examples=400, deadline=None, suppress_health_check=_QUIET, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 
 # A shell that starts a command in the background without job control makes it ignore Ctrl-C, and every
 # process it starts inherits that: the tests that press Ctrl-C (here and in the servers they start) need
