@@ -179,15 +179,16 @@ class Delivery:
                 self.resume_spool()
             return self.worker
 
-    def put(self, data: bytes, worker: Worker) -> Put:
-        """Queue one message; a worker that closed meanwhile hands it to the renewed one (not at exit)."""
-        for _ in range(MAX_REOPENS_PER_EVENT):  # the common case returns at the first put
-            status = worker.put(data)
-            if status is not CLOSED:
-                return status
+    def put_after_closed(self, data: bytes, worker: Worker) -> Put:
+        """Queue a message ``worker`` refused because it closed meanwhile: the renewed worker takes it (not
+        at exit). The common case never comes here: the sink puts to the current worker directly."""
+        for _ in range(MAX_REOPENS_PER_EVENT - 1):
             if lifecycle.exiting():
                 break
             worker = self.renew(worker)
+            status = worker.put(data)
+            if status is not CLOSED:
+                return status
         self.ledger.add("dropped_closed")
         return CLOSED
 

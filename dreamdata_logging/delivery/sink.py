@@ -51,7 +51,9 @@ class QueueSink:
         if delivery.forking_master:
             delivery.from_forking_master(data)
             return
-        status = delivery.put(data, worker)
+        status = worker.put(data)  # the common case: queued, or ready to send
+        if status is CLOSED:  # closed since the check above (by another thread)
+            status = delivery.put_after_closed(data, worker)
         if status is FULL:
             settings = delivery.settings
             delivery.report(
