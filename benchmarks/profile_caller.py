@@ -159,8 +159,12 @@ def main(argv=None) -> None:
     steps = {
         "send=False: built, checked, counted": lambda: dd.DreamdataHandler("bench", endpoint=recv.endpoint, send=False),
         # the worker cuts and joins every batch; its transport drops each body instead of posting it
-        "+ worker taking batches (no HTTP)": lambda: _without_http(dd.DreamdataHandler("bench", endpoint=recv.endpoint, **bounds)),
-        "+ worker posting them (HTTP, loopback)": lambda: dd.DreamdataHandler("bench", endpoint=recv.endpoint, **bounds),
+        "+ worker taking batches (no HTTP)": lambda: _without_http(
+            dd.DreamdataHandler("bench", endpoint=recv.endpoint, **bounds)
+        ),
+        "+ worker posting them (HTTP, loopback)": lambda: dd.DreamdataHandler(
+            "bench", endpoint=recv.endpoint, **bounds
+        ),
     }
     best: dict[str, tuple[float, float]] = {}
     worker_cpu = None

@@ -519,7 +519,8 @@ def table(summary: dict, targets: list, events: int, outage_events: int) -> str:
     if any(t["met"] is False for t in targets):
         out.append(
             "  A missed target: the split above shows the caller's own path (no-worker), the hand-over and the\n"
-            "  worker; docs/performance.md ('What is left, and why it does not go') takes each part apart."
+            "  worker; python -m benchmarks.profile_caller and python -m benchmarks.handover take them apart,\n"
+            "  and docs/performance.md ('What is left, and why it does not go') says what each part is."
         )
     return "\n".join(out)
 
