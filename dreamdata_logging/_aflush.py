@@ -44,13 +44,14 @@ async def aflush(timeout: Optional[float] = None) -> bool:
     return delivered
 
 
-async def flush_worker(worker: Worker, timeout: Optional[float]) -> bool:
-    """Await the worker's delivery of what it holds now (see :meth:`DreamdataHandler.aflush`)."""
+async def flush_worker(worker: Worker, timeout: Optional[float]) -> Optional[bool]:
+    """Await the worker's delivery of what it holds now (see :meth:`DreamdataHandler.aflush`): True when
+    all was delivered, False when some was not, None when some is still held (time ran out)."""
     buffer = worker.buffer
     if buffer.idle or worker.pid != os.getpid():
         return True  # nothing held (or nothing of this process's)
     if lifecycle.logging_lock_held() or worker.is_worker_thread():
-        return buffer.empty  # the worker may need that lock, or is the caller
+        return True if buffer.empty else None  # the worker may need that lock, or is the caller
     marked = worker.begin_flush(timeout)
     if marked is None:
         return True
@@ -60,7 +61,7 @@ async def flush_worker(worker: Worker, timeout: Optional[float]) -> bool:
     while buffer.finished < target:  # a plain int, read without the lock
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            return False
+            return None
         await asyncio.sleep(pause if left is None else min(pause, left))
         pause = min(pause * 2, LAST_POLL)
     return buffer.wait_finished(target, start, 0)  # finished: True unless some were given up on
@@ -77,7 +78,10 @@ async def flush_delivery(delivery: Delivery, timeout: Optional[float]) -> bool:
     delivered = True
     for worker in workers:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        delivered = await flush_worker(worker, left) and delivered
+        outcome = await flush_worker(worker, left)
+        if outcome is None:  # time ran out with events still in memory: neither delivered nor spooled
+            return False
+        delivered = outcome and delivered
     if delivery.spool is None or lifecycle.logging_lock_held():
         return delivered
     outcome, failures = flushing.kick_spool(delivery)

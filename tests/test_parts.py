@@ -234,6 +234,61 @@ def test_dispatcher_spools_what_may_succeed_later_and_enters_outage_mode(tmp_pat
     spool.close()
 
 
+class RetryingTransport:
+    """Fails every attempt with a retryable error, reading its budget before each one as the real transport
+    does (a budget that ends stops the send); counts the attempts."""
+
+    timeout = 1.0
+
+    def __init__(self, most: int = 5) -> None:
+        self.most = most
+        self.attempts = 0
+
+    def send(self, batch: Batch, *, deadline: Any = None, cancel: Optional[threading.Event] = None) -> None:
+        for _ in range(self.most):
+            limit = deadline() if callable(deadline) else deadline
+            if limit is not None and limit <= time.monotonic():
+                raise DeliveryError("not delivered before its deadline", retryable=True)
+            self.attempts += 1
+        raise DeliveryError("HTTP 503 (gave up)", status=503, retryable=True)
+
+
+@pytest.mark.parametrize("asked", ["during the send", "before it"])
+def test_a_spill_asked_before_or_during_a_send_ends_its_retries(tmp_path: Path, asked: str):
+    # Callers may fill the queue past its high-water mark before the thread begins its first send: the
+    # request must hold for that send, or it retries for its whole budget while the queue fills.
+    spool = Spool(tmp_path / "spool.sqlite3")
+    transport = RetryingTransport()
+    dispatcher = Dispatcher(transport, problems(), Deadlines(), spool=spool)
+    if asked == "before it":
+        dispatcher.spill()
+    else:
+        send = transport.send
+
+        def spill_then_send(batch: Batch, **kwargs: Any) -> None:
+            dispatcher.spill()
+            send(batch, **kwargs)
+
+        transport.send = spill_then_send  # type: ignore[method-assign]
+    assert dispatcher.deliver([message(1)], 1) is Fate.SPOOLED
+    assert transport.attempts == 1 and spool.pending()[0] == 1
+    spool.close()
+
+
+def test_a_spill_holds_for_one_send_only(tmp_path: Path):
+    spool = Spool(tmp_path / "spool.sqlite3")
+    transport = RetryingTransport(most=3)
+    found = problems()
+    dispatcher = Dispatcher(transport, found, Deadlines(), spool=spool)
+    dispatcher.spill()
+    dispatcher.deliver([message(1)], 1)
+    dispatcher.outage.active = False  # as if the endpoint had answered since
+    transport.attempts = 0
+    assert dispatcher.deliver([message(2)], 1) is Fate.SPOOLED
+    assert transport.attempts == 3  # retried as usual: the spill was the first send's
+    spool.close()
+
+
 # -- the spool's drain --------------------------------------------------------------------------------
 
 
@@ -315,7 +370,7 @@ def test_flush_from_the_worker_thread_returns_at_once():
     holder.append(worker)
     worker.put(message(1))
     assert worker.flush(timeout=5) is False
-    assert results == [False]
+    assert results == [None]  # still held: not waited for (a handler's flush() says False)
     worker.close(timeout=1)
 
 

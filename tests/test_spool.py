@@ -7,6 +7,7 @@ its transport and delivery (``handler_timings``, and the scenario script's own) 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.config
@@ -168,6 +169,33 @@ def test_queue_past_high_water_during_an_outage_goes_to_the_spool_not_dropped(
     collector.set_down(None)
     assert collector.wait_for(700, timeout=60)
     assert_exactly_once(collector.received(), "spill", 700)
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["flush", "aflush"])
+def test_flush_that_runs_out_of_time_with_events_still_queued_says_false(
+    tmp_path, collector, make_handler, make_logger, awaited
+):
+    # The endpoint is down, the batch keeps retrying (no spool takeover, no high water): when flush() runs
+    # out of time the events are neither delivered nor spooled, whatever the (empty) spool says.
+    slow = Backoff(base=0.2, cap=0.5)
+    no_takeover = replace(QUICK_SPOOL, after=3600.0)
+    handler = make_handler(
+        spool=tmp_path / "events.sqlite3", max_retries=1000, flush_interval=0.05, backoff=slow,
+        spool_timing=no_takeover, shutdown_timeout=1.0,
+    )  # fmt: skip
+    log = make_logger(handler)
+    collector.set_down(DOWN)
+    for n in range(5):
+        log.info("Held", extra=track(user_id="u1", properties={"tag": "held", "n": n}))
+    if awaited:
+        assert asyncio.run(handler.aflush(0.5)) is False
+    else:
+        assert handler.flush(timeout=0.5) is False
+    stats = handler.stats()
+    assert stats["queued"] == 5 and stats["spool_written"] == 0 and stats["delivered"] == 0
+    collector.set_down(None)
+    assert handler.flush(timeout=30) is True
+    assert_exactly_once(collector.received(), "held", 5)
 
 
 def test_a_delivery_built_from_its_parts_spools_through_an_outage_and_drains_after(tmp_path, collector):

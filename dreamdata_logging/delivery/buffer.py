@@ -162,11 +162,13 @@ class Buffer:
         finally:
             self._inside.discard(ident)
 
-    def wait_finished(self, target: int, start: int, timeout: Optional[float]) -> bool:
-        """Wait until ``target`` messages have finished; True when none failed since ``start``."""
+    def wait_finished(self, target: int, start: int, timeout: Optional[float]) -> Optional[bool]:
+        """Wait until ``target`` messages have finished: True when none failed since ``start``, False when
+        some did (given up on, or spooled), None when ``timeout`` ran out first."""
         with self._changed:
-            done = self._changed.wait_for(lambda: self.finished >= target, timeout)
-            return done and self._last_failed <= start
+            if not self._changed.wait_for(lambda: self.finished >= target, timeout):
+                return None
+            return self._last_failed <= start
 
     def close(self) -> None:
         """Refuse new messages and want every held one now. A plain store: safe from a signal handler."""

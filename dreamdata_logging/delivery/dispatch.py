@@ -173,10 +173,13 @@ class Dispatcher:
     # -- one send -------------------------------------------------------------------------------
 
     def spill(self) -> None:
-        """The queue passed its high-water mark during a send: the send stops retrying (to the spool)."""
-        if self._sending and not self._spilling:
+        """The queue passed its high-water mark: the send under way, or else the next one, stops retrying
+        after its attempt (to the spool). Asked between two sends (the callers filled the queue before the
+        thread began one), it holds for the next."""
+        if not self._spilling:
             self._spilling = True
-            set_unless_busy(self.cancel)  # ends a backoff wait now (put() may run in a signal handler)
+            if self._sending:
+                set_unless_busy(self.cancel)  # ends a backoff wait now (put() may run in a signal handler)
 
     def _spill_requested(self) -> bool:
         return self._spilling

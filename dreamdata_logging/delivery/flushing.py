@@ -33,7 +33,10 @@ def flush(delivery: Delivery, timeout: Optional[float]) -> bool:
     delivered = True
     for worker in workers:
         if not worker.buffer.idle:
-            delivered = worker.flush(_remaining(deadline)) and delivered
+            outcome = worker.flush(_remaining(deadline))
+            if outcome is None:  # time ran out with events still in memory: neither delivered nor spooled
+                return False
+            delivered = outcome and delivered
     if delivery.spool is None:
         return delivered
     # Batches that went to the spool (an outage) are delivered once it drains, if none was lost meanwhile.

@@ -87,10 +87,11 @@ class Worker:
     def _send_now(self) -> None:
         set_unless_busy(self._wake)  # the queue is full: the caller waits for the room this makes
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every message accepted before the call is delivered or given up on."""
+    def flush(self, timeout: Optional[float] = None) -> Optional[bool]:
+        """Wait until every message accepted before the call is delivered or given up on: True when all
+        were delivered, False when some were not, None when some are still held (time ran out)."""
         if self.is_worker_thread():  # e.g. on_error calling flush(): waiting on ourselves never ends
-            return self.buffer.empty
+            return True if self.buffer.empty else None
         marked = self.begin_flush(timeout)
         if marked is None:
             return True
